@@ -1,0 +1,2 @@
+//! PLACEHOLDER: the pcap port lands with the replay harness.
+pub struct Pcap;
