@@ -91,6 +91,18 @@ impl fmt::Display for CoreId {
     }
 }
 
+/// Ids serialize as their printed form (`p0`, `p0:q1`, `w2`, `core3`).
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_display!(PortId, QueueId, WorkerId, CoreId);
+
 /// Metadata carried with every frame.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Meta {

@@ -92,7 +92,17 @@ mod tests {
 
     #[test]
     fn burst_push_pop_keeps_order_and_reports_overflow() {
-        let pool = FramePool::new(PoolId(0), "t", 16, 2048, Options { hugepages: false, numa_node: None }).unwrap();
+        let pool = FramePool::new(
+            PoolId(0),
+            "t",
+            16,
+            2048,
+            Options {
+                hugepages: false,
+                numa_node: None,
+            },
+        )
+        .unwrap();
         let ring = Burst::new(4);
         let mut b = Batch::with_capacity(8);
         for i in 0..6u8 {
@@ -103,10 +113,19 @@ mod tests {
         let mut rejected = Vec::new();
         assert_eq!(ring.push_burst(&mut b, |f| rejected.push(f)), 4);
         assert!(b.is_empty());
-        assert_eq!(rejected.iter().map(|f| f.data()[0]).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(
+            rejected.iter().map(|f| f.data()[0]).collect::<Vec<_>>(),
+            [4, 5]
+        );
         let mut out = Batch::with_capacity(3);
         assert_eq!(ring.pop_burst(&mut out), 3);
-        assert_eq!(out.as_slice().iter().map(|f| f.data()[0]).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            out.as_slice()
+                .iter()
+                .map(|f| f.data()[0])
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         assert_eq!(ring.len(), 1);
         for f in out.drain().chain(rejected).chain(ring.pop()) {
             pool.free(f);

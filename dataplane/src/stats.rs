@@ -27,8 +27,10 @@ impl Counter {
     /// Adds `n`. Only the owner may call this (load + store is not atomic as a whole).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Current value.
@@ -332,7 +334,11 @@ mod tests {
         h.record(100).unwrap();
         assert!(m.post(&h));
         assert_eq!(m.read().len(), 1);
-        assert_eq!(m.read().len(), 1, "a read leaves the snapshot for the next reader");
+        assert_eq!(
+            m.read().len(),
+            1,
+            "a read leaves the snapshot for the next reader"
+        );
         h.record(200).unwrap();
         for _ in 0..10 {
             assert!(m.post(&h));

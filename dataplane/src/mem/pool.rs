@@ -69,7 +69,10 @@ impl Frame {
         // SAFETY: head + len <= capacity is an invariant of every setter, the frame's bytes
         // lie inside the pool's live region, and `&self` excludes concurrent writers.
         unsafe {
-            std::slice::from_raw_parts(self.base.as_ptr().add(self.head as usize), self.len as usize)
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(self.head as usize),
+                self.len as usize,
+            )
         }
     }
 
@@ -558,15 +561,34 @@ mod tests {
     #[should_panic(expected = "wrong pool")]
     fn freeing_to_the_wrong_pool_is_refused() {
         let a = pool(1);
-        let b = FramePool::new(PoolId(2), "b", 1, 2048, Options { hugepages: false, numa_node: None }).unwrap();
+        let b = FramePool::new(
+            PoolId(2),
+            "b",
+            1,
+            2048,
+            Options {
+                hugepages: false,
+                numa_node: None,
+            },
+        )
+        .unwrap();
         let f = a.alloc().unwrap();
         b.free(f);
     }
 
     #[test]
     fn bad_sizes_are_refused() {
-        let o = Options { hugepages: false, numa_node: None };
-        assert!(matches!(FramePool::new(PoolId(0), "x", 1, 1000, o), Err(PoolError::FrameSize(1000))));
-        assert!(matches!(FramePool::new(PoolId(0), "x", 0, 2048, o), Err(PoolError::Count { .. })));
+        let o = Options {
+            hugepages: false,
+            numa_node: None,
+        };
+        assert!(matches!(
+            FramePool::new(PoolId(0), "x", 1, 1000, o),
+            Err(PoolError::FrameSize(1000))
+        ));
+        assert!(matches!(
+            FramePool::new(PoolId(0), "x", 0, 2048, o),
+            Err(PoolError::Count { .. })
+        ));
     }
 }

@@ -98,7 +98,6 @@ impl std::fmt::Debug for Memory {
     }
 }
 
-
 impl Memory {
     /// Creates the port and its pool (pool id = port id).
     pub fn new(id: PortId, opts: MemoryOptions) -> Result<Arc<Memory>, PortError> {
@@ -251,7 +250,8 @@ impl Port for Memory {
             Source::Generate { limit, .. } => match limit {
                 None => false,
                 Some(l) => self
-                    .shared.rings
+                    .shared
+                    .rings
                     .iter()
                     .all(|r| r.generated.load(Ordering::Relaxed) >= *l),
             },
@@ -342,6 +342,8 @@ impl Queue for MemoryQueue {
                 for f in frames.drain_front(room) {
                     bytes += f.len() as u64;
                     if let Err(f) = ring.push(f) {
+                        // Unreachable with one producer; still, never lose a frame silently.
+                        counters.drops.add(crate::pipeline::DropReason::TxFull, 1);
                         self.cache.free(f);
                         continue;
                     }

@@ -26,7 +26,11 @@ pub use pcap::Pcap;
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     #[error("{port}: queue {queue} does not exist (the port has {count} queues)")]
-    NoSuchQueue { port: PortId, queue: u16, count: u16 },
+    NoSuchQueue {
+        port: PortId,
+        queue: u16,
+        count: u16,
+    },
     #[error("{0}: queue is already owned by a worker")]
     QueueBusy(QueueId),
     #[error("{port}: {path}: {source}")]

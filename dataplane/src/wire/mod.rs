@@ -1,47 +1,55 @@
-//! Zero-copy header views and the receive-side parse.
+//! Wire formats: the receive-side parse, header views, checksums and packet builders.
 //!
-//! PLACEHOLDER until the wire module lands: `parse` below only fills the Ethernet layer.
+//! What lives where:
+//! - [`layout`]: [`parse`] (one validating pass per received frame, yielding a [`Layout`] of
+//!   offsets or a [`DropReason`](crate::pipeline::DropReason)) and [`flow_hash`].
+//! - Header views are smoltcp's (`smoltcp::wire::{EthernetFrame, ArpPacket, Ipv4Packet, ...}`,
+//!   re-exported in [`view`]): checked constructors, then accessors that cannot panic. Only
+//!   what smoltcp lacks is written here: the 802.1Q tag ([`vlan`]), a MAC address type with
+//!   a text form ([`MacAddr`]) and the checksum arithmetic ([`checksum`], because smoltcp's
+//!   is private).
+//! - [`build`]: packet builders with correct checksums, for tests, replay cases and traffic
+//!   generators. Never on the hot path (they allocate).
+//!
+//! This module depends on nothing else of ours except the drop-reason enum, so that the same
+//! rules can be mirrored by the XDP program and used by tools.
 
-use crate::pipeline::DropReason;
+pub mod build;
+pub mod checksum;
+pub mod layout;
+pub mod mac;
+pub mod vlan;
 
-/// Network layer found by [`parse`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum L3 {
-    /// Nothing parsed yet.
-    #[default]
-    None,
-    Arp,
-    Ipv4,
-    Ipv6,
-    /// Another ethertype, carried through untouched.
-    Other(u16),
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use layout::{flow_hash, is_fragment, parse, Layout, L3};
+pub use mac::{MacAddr, ParseMacError};
+
+/// smoltcp's header views and enums that handlers use, in one place.
+pub mod view {
+    pub use smoltcp::wire::{
+        ArpHardware, ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol,
+        Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet,
+        Ipv6Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
+    };
 }
 
-/// Header offsets of one frame, found once on receive and carried in the frame's metadata so
-/// that handlers do not parse again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Layout {
-    /// 802.1Q tag control information, when the frame carries one tag.
-    pub vlan: Option<u16>,
-    /// Offset of the network header (14, or 18 behind one VLAN tag).
-    pub l3_off: u16,
-    pub l3: L3,
-    /// IP protocol number of the transport header (0 when not IP).
-    pub l4_proto: u8,
-    /// Offset of the transport header.
-    pub l4_off: u16,
-    /// Bytes of transport header + payload, per the IP length fields (frames may carry
-    /// Ethernet padding beyond this).
-    pub l4_len: u16,
+/// Ethertypes the parse understands.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const IPV6: u16 = 0x86dd;
+    /// 802.1Q tag (see [`super::vlan`]).
+    pub const VLAN: u16 = super::vlan::TPID;
 }
 
-/// Parses and validates the headers of `frame`; the error names the drop reason.
-pub fn parse(frame: &[u8]) -> Result<Layout, DropReason> {
-    if frame.len() < 14 {
-        return Err(DropReason::Runt);
-    }
-    Ok(Layout {
-        l3_off: 14,
-        ..Layout::default()
-    })
+/// IP protocol numbers the parse and handlers look at (IANA "Assigned Internet Protocol
+/// Numbers").
+pub mod ip_proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
 }

@@ -1,0 +1,404 @@
+//! The appliance's configuration: one TOML file, every field documented with its default.
+//!
+//! The same types serve the config file and (later) the control-plane API. Parsing is strict
+//! (`deny_unknown_fields`): a typo is an error naming the field, never a silently ignored
+//! setting. [`Config::validate`] then checks what serde cannot: references between sections
+//! (a worker's queue must exist), ranges, and that cores exist and are allowed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::handlers::Spec as HandlerSpec;
+use crate::packet::QueueId;
+
+/// Errors loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: {field}: {msg}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+}
+
+/// Whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Engine-wide settings. Default: see [`EngineConfig`].
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Ports, in order: the first is `p0`, the next `p1`, and so on. Required: at least one.
+    pub ports: Vec<PortConfig>,
+    /// Workers, one pinned thread each. Default: none, which is an error.
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+    /// The handler chain every worker runs, in order. Default: empty (everything is
+    /// dropped as `unhandled`).
+    #[serde(default)]
+    pub handlers: Vec<HandlerSpec>,
+}
+
+/// How packets move between cores.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The core that receives a packet handles and transmits it (default).
+    #[default]
+    RunToCompletion,
+    /// Receiving cores spread packets over all workers by flow hash; responses go back to
+    /// the worker that owns the transmit queue.
+    Pipeline,
+}
+
+/// What a worker does when a poll finds no work.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Idle {
+    /// Spin (lowest latency, one core at 100%). Default, as in DPDK.
+    #[default]
+    BusyPoll,
+    /// Spin briefly, then yield, then sleep with exponential back-off up to
+    /// `engine.backoff_max_us` (for shared machines).
+    Backoff,
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Run-to-completion or pipeline. Default: `run-to-completion`.
+    pub mode: Mode,
+    /// Most frames per receive/transmit call. Default: 32 (DPDK's customary burst).
+    pub burst: usize,
+    /// Bytes per frame, a power of two from 512 to 32768. Default: 2048 (fits a 1500-byte
+    /// MTU frame plus headroom, as AF_XDP's default chunk size).
+    pub frame_size: u32,
+    /// Capacity of each worker's inbound ring, in frames. Default: 1024.
+    pub ring_size: usize,
+    /// Idle policy. Default: `busy-poll`.
+    pub idle: Idle,
+    /// Longest back-off sleep in microseconds with `idle = "backoff"`. Default: 200.
+    pub backoff_max_us: u64,
+    /// Interval of the stats line printed by `slipstream run`, in milliseconds; 0 turns it
+    /// off. Default: 1000.
+    pub stats_interval_ms: u64,
+    /// Try 2 MiB hugepages for frame memory (falls back to 4k pages with a warning).
+    /// Default: true.
+    pub hugepages: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            mode: Mode::RunToCompletion,
+            burst: 32,
+            frame_size: 2048,
+            ring_size: 1024,
+            idle: Idle::BusyPoll,
+            backoff_max_us: 200,
+            stats_interval_ms: 1000,
+            hugepages: true,
+        }
+    }
+}
+
+/// One port. `kind` selects the backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PortConfig {
+    /// In-process rings or a traffic generator.
+    Memory(MemoryPortConfig),
+    /// Reads a capture file, writes one.
+    Pcap(PcapPortConfig),
+}
+
+impl PortConfig {
+    /// Number of queues.
+    pub fn queues(&self) -> u16 {
+        match self {
+            PortConfig::Memory(m) => m.queues,
+            PortConfig::Pcap(_) => 1,
+        }
+    }
+}
+
+/// Where generated packets are sent from the memory port.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemorySource {
+    /// Packets injected by the embedding program (tests). Default.
+    #[default]
+    Ring,
+    /// Generated UDP requests (see `packet_size`, `flows`, `count`).
+    Generate,
+}
+
+/// What the memory port does with transmitted packets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemorySink {
+    /// Keep them for the embedding program to read. Default.
+    #[default]
+    Ring,
+    /// Free them at once (benchmarks).
+    Discard,
+}
+
+/// `kind = "memory"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryPortConfig {
+    /// Queues. Default: 1.
+    pub queues: u16,
+    /// Frames in the port's pool. Default: 4096.
+    pub frames: u32,
+    /// NUMA node for the frame memory. Default: none (first touch).
+    pub numa_node: Option<u32>,
+    /// Where received packets come from. Default: `ring`.
+    pub source: MemorySource,
+    /// What happens to transmitted packets. Default: `ring`.
+    pub sink: MemorySink,
+    /// Generator: Ethernet frame size of the generated UDP requests, 60 to 1514 bytes.
+    /// Default: 64 (the RFC 2544 minimum, 60 without FCS... we generate 64 bytes on the
+    /// wire model: 60 + padding-free payload).
+    pub packet_size: usize,
+    /// Generator: number of distinct flows (source ports). Default: 64.
+    pub flows: u16,
+    /// Generator: packets per queue before the input ends; 0 = unlimited. Default: 0.
+    pub count: u64,
+    /// Generator: UDP destination port. Default: 7 (echo).
+    pub dst_port: u16,
+}
+
+impl Default for MemoryPortConfig {
+    fn default() -> Self {
+        MemoryPortConfig {
+            queues: 1,
+            frames: 4096,
+            numa_node: None,
+            source: MemorySource::Ring,
+            sink: MemorySink::Ring,
+            packet_size: 64,
+            flows: 64,
+            count: 0,
+            dst_port: 7,
+        }
+    }
+}
+
+/// `kind = "pcap"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PcapPortConfig {
+    /// Capture to read (pcap or pcapng), relative to the config file. Default: none (the
+    /// port receives nothing).
+    pub input: Option<PathBuf>,
+    /// Capture to write (pcap), relative to the config file. Default: none (transmitted
+    /// packets are counted and freed).
+    pub output: Option<PathBuf>,
+    /// Frames in the port's pool. Default: 4096.
+    pub frames: Option<u32>,
+    /// NUMA node for the frame memory. Default: none.
+    pub numa_node: Option<u32>,
+}
+
+/// One worker thread.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// CPU core to pin to. Required; must exist and be in the process's allowed cpuset.
+    pub core: u32,
+    /// Queues the worker polls and transmits on, as `pN:qM` (or `pN` for queue 0).
+    /// Default: none (a pure handler core in pipeline mode).
+    #[serde(default)]
+    pub queues: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Config::parse(&text, path)?;
+        cfg.validate(path, &crate::topology::allowed_cores())?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML without semantic checks; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+
+    /// Checks everything serde cannot. `allowed` is the set of cores the process may run on.
+    pub fn validate(&self, path: &Path, allowed: &BTreeSet<u32>) -> Result<(), ConfigError> {
+        let bad = |field: String, msg: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            msg,
+        };
+        let e = &self.engine;
+        if !(512..=32768).contains(&e.frame_size) || !e.frame_size.is_power_of_two() {
+            return Err(bad(
+                "engine.frame_size".into(),
+                format!(
+                    "{} is not a power of two between 512 and 32768",
+                    e.frame_size
+                ),
+            ));
+        }
+        if !(1..=512).contains(&e.burst) {
+            return Err(bad(
+                "engine.burst".into(),
+                format!("{} is out of range 1..=512", e.burst),
+            ));
+        }
+        if !(2..=1 << 20).contains(&e.ring_size) {
+            return Err(bad(
+                "engine.ring_size".into(),
+                format!("{} is out of range 2..=1048576", e.ring_size),
+            ));
+        }
+        if self.ports.is_empty() {
+            return Err(bad("ports".into(), "at least one port is required".into()));
+        }
+        if self.ports.len() > u16::MAX as usize {
+            return Err(bad("ports".into(), "too many ports".into()));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            match p {
+                PortConfig::Memory(m) => {
+                    if !(1..=256).contains(&m.queues) {
+                        return Err(bad(
+                            format!("ports[{i}].queues"),
+                            format!("{} is out of range 1..=256", m.queues),
+                        ));
+                    }
+                    if m.frames < (e.burst * 2) as u32 {
+                        return Err(bad(
+                            format!("ports[{i}].frames"),
+                            format!(
+                                "{} frames is fewer than two bursts ({})",
+                                m.frames,
+                                e.burst * 2
+                            ),
+                        ));
+                    }
+                    if !(60..=1514).contains(&m.packet_size) {
+                        return Err(bad(
+                            format!("ports[{i}].packet_size"),
+                            format!("{} is out of range 60..=1514", m.packet_size),
+                        ));
+                    }
+                    if m.flows == 0 {
+                        return Err(bad(
+                            format!("ports[{i}].flows"),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                }
+                PortConfig::Pcap(pc) => {
+                    if let Some(f) = pc.frames {
+                        if f < (e.burst * 2) as u32 {
+                            return Err(bad(
+                                format!("ports[{i}].frames"),
+                                format!("{f} frames is fewer than two bursts ({})", e.burst * 2),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if self.workers.is_empty() {
+            return Err(bad(
+                "workers".into(),
+                "at least one worker is required".into(),
+            ));
+        }
+        let mut cores = BTreeSet::new();
+        let mut owned = BTreeSet::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            if !allowed.contains(&w.core) {
+                return Err(bad(
+                    format!("workers[{i}].core"),
+                    format!(
+                        "core {} does not exist or is outside the allowed cpuset ({})",
+                        w.core,
+                        crate::topology::format_cpuset(allowed)
+                    ),
+                ));
+            }
+            if !cores.insert(w.core) {
+                return Err(bad(
+                    format!("workers[{i}].core"),
+                    format!("core {} is already used by another worker", w.core),
+                ));
+            }
+            for (j, q) in w.queues.iter().enumerate() {
+                let field = format!("workers[{i}].queues[{j}]");
+                let id: QueueId = q.parse().map_err(|e| bad(field.clone(), format!("{e}")))?;
+                let Some(port) = self.ports.get(id.port.0 as usize) else {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "port {} does not exist (there are {} ports)",
+                            id.port,
+                            self.ports.len()
+                        ),
+                    ));
+                };
+                if id.queue >= port.queues() {
+                    return Err(bad(
+                        field,
+                        format!(
+                            "{} has {} queues, so {id} does not exist",
+                            id.port,
+                            port.queues()
+                        ),
+                    ));
+                }
+                if !owned.insert(id) {
+                    return Err(bad(
+                        field,
+                        format!("{id} is already owned by another worker"),
+                    ));
+                }
+            }
+        }
+        if e.mode == Mode::RunToCompletion && owned.is_empty() {
+            return Err(bad(
+                "workers".into(),
+                "no worker owns a queue, so nothing would be received".into(),
+            ));
+        }
+        for (i, h) in self.handlers.iter().enumerate() {
+            h.validate()
+                .map_err(|msg| bad(format!("handlers[{i}]"), msg))?;
+        }
+        Ok(())
+    }
+
+    /// The queues of each worker, parsed (valid after [`Config::validate`]).
+    pub fn worker_queues(&self, worker: usize) -> Vec<QueueId> {
+        self.workers[worker]
+            .queues
+            .iter()
+            .filter_map(|q| q.parse().ok())
+            .collect()
+    }
+}
