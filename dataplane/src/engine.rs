@@ -514,10 +514,8 @@ impl Engine {
         // Slow-path frames nobody consumed go back to their pools (they are already
         // counted as handed to the slow path).
         while let Some(f) = self.slow.pop() {
-            match self.ports.get(f.pool().0 as usize) {
-                Some(p) => p.pool().free(f),
-                None => std::mem::forget(f),
-            }
+            // Pool ids equal port indices (checked in from_parts), so the pool exists.
+            self.ports[f.pool().0 as usize].pool().free(f);
         }
         // Frames stranded in rings (only after a drain timeout) are dropped, not lost.
         for r in self.rings.iter() {
