@@ -351,3 +351,44 @@ fn a_queue_cannot_have_two_owners() {
     let err = engine.start().unwrap_err();
     assert!(err.to_string().contains("p0:q0"), "{err}");
 }
+
+fn idle_polls_in(idle: dataplane::config::Idle, wait: Duration) -> u64 {
+    let p0 = memory(0, 1, Source::Ring, Sink::Ring);
+    let mut c = cfg(Mode::RunToCompletion);
+    c.idle = idle;
+    c.backoff_max_us = 1000;
+    let mut engine = Engine::from_parts(
+        &c,
+        vec![p0.clone() as Arc<dyn Port>],
+        vec![plan(&[QueueId::new(0, 0)])],
+        vec![Pipeline::new(vec![Box::new(ReplyAll)])],
+    )
+    .unwrap();
+    engine.start().unwrap();
+    std::thread::sleep(wait);
+    // Traffic still flows with the back-off policy: it wakes up and answers.
+    for i in 0..10 {
+        assert!(p0.inject(0, &frame(0, i)));
+    }
+    p0.close_input();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while engine.in_flight() != 0 || engine.snapshot().transmitted() < 10 {
+        assert!(std::time::Instant::now() < deadline, "worker did not wake up");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let report = engine.stop().unwrap();
+    report.check_conservation().unwrap();
+    assert_eq!(report.transmitted(), 10);
+    report.workers[0].counters.idle_polls
+}
+
+#[test]
+fn backoff_idle_policy_sleeps_instead_of_spinning_and_still_answers() {
+    let wait = Duration::from_millis(300);
+    let spinning = idle_polls_in(dataplane::config::Idle::BusyPoll, wait);
+    let backing_off = idle_polls_in(dataplane::config::Idle::Backoff, wait);
+    // A 1 ms sleep cap allows at most ~300 sleeps plus the spin/yield warm-up (192 turns)
+    // in 300 ms; busy polling makes millions of turns.
+    assert!(backing_off < 2_000, "back-off polled {backing_off} times");
+    assert!(spinning > 10 * backing_off, "busy-poll {spinning} vs back-off {backing_off}");
+}
