@@ -106,6 +106,7 @@ fn default_config() -> Config {
             queues: vec!["p0:q0".into()],
         }],
         handlers: vec![Spec::UdpEcho(UdpEchoSpec::default())],
+        control: Default::default(),
     }
 }
 
@@ -249,6 +250,21 @@ fn print_final(r: &Report, json: bool) {
         "burst latency (ns)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} bursts)",
         r.latency.p50, r.latency.p90, r.latency.p99, r.latency.p999, r.latency.max, r.latency.count
     );
+    for p in &r.ports {
+        println!(
+            "  {} {}{}: rx {} tx {} drops {}",
+            p.id,
+            p.kind,
+            if p.info.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.info)
+            },
+            p.stats.rx_packets,
+            p.stats.tx_packets,
+            p.stats.drops.total()
+        );
+    }
     for wr in &r.workers {
         println!(
             "  {} {}: rx {} tx {} drops {} ring in/out {}/{} idle {:.1}%",

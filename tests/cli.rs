@@ -24,7 +24,8 @@ mod tempfile_path {
         pub fn with(text: &str) -> TempPath {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let p = std::env::temp_dir().join(format!("slipstream-cli-{}-{n}.toml", std::process::id()));
+            let p = std::env::temp_dir()
+                .join(format!("slipstream-cli-{}-{n}.toml", std::process::id()));
             std::fs::write(&p, text).expect("write temp config");
             TempPath(p)
         }
@@ -45,7 +46,11 @@ fn default_run_forwards_and_accounts_for_every_frame() {
         .expect("run slipstream");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
     assert!(stderr.contains("built-in default"), "{stderr}");
     assert!(stdout.contains("accounting   ok"), "{stdout}");
     let mpps: f64 = stdout
@@ -78,12 +83,19 @@ fn sigint_stops_cleanly_with_accounting() {
         if child.try_wait().expect("wait").is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "slipstream did not stop on SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "slipstream did not stop on SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("output");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("accounting   ok"), "{stdout}");
 }
 
@@ -100,7 +112,8 @@ fn run_config(text: &str) -> (i32, String) {
     )
 }
 
-const GOOD_TAIL: &str = "[[ports]]\nkind = \"memory\"\n[[workers]]\ncore = 0\nqueues = [\"p0:q0\"]\n";
+const GOOD_TAIL: &str =
+    "[[ports]]\nkind = \"memory\"\n[[workers]]\ncore = 0\nqueues = [\"p0:q0\"]\n";
 
 #[test]
 fn unknown_field_exits_2_naming_it() {

@@ -47,6 +47,59 @@ pub struct Config {
     /// dropped as `unhandled`).
     #[serde(default)]
     pub handlers: Vec<HandlerSpec>,
+    /// The control plane `ctl` talks to. Default: see [`ControlConfig`].
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// The default control socket: `/run` is where the FHS puts runtime sockets.
+pub const DEFAULT_CTL_SOCKET: &str = "/run/slipstream/ctl.sock";
+
+/// `[control]`: the gRPC control plane (`slipstream.v1`) served inside `slipstream run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Serve the control plane. Default: true.
+    pub enabled: bool,
+    /// Unix socket, created owner-only (0600). Default: `/run/slipstream/ctl.sock`.
+    pub socket: PathBuf,
+    /// Also listen on TCP at this address (`HOST:PORT`), with mutual TLS only: requires
+    /// `tls_cert`, `tls_key` and `tls_ca`. Default: none (Unix socket only).
+    pub tcp: Option<std::net::SocketAddr>,
+    /// PEM certificate chain the TCP listener presents, relative to this file. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`, relative to this file. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must be signed by, relative to this
+    /// file. Default: none.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            socket: PathBuf::from(DEFAULT_CTL_SOCKET),
+            tcp: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The TLS file paths resolved against `base` (the config file's folder).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.tls_cert, &mut self.tls_key, &mut self.tls_ca]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }
 
 /// How packets move between cores.
@@ -121,6 +174,8 @@ pub enum PortConfig {
     Memory(MemoryPortConfig),
     /// Reads a capture file, writes one.
     Pcap(PcapPortConfig),
+    /// AF_XDP sockets on a network interface, one per queue, steered by our XDP program.
+    Afxdp(AfxdpPortConfig),
 }
 
 impl PortConfig {
@@ -129,6 +184,7 @@ impl PortConfig {
         match self {
             PortConfig::Memory(m) => m.queues,
             PortConfig::Pcap(_) => 1,
+            PortConfig::Afxdp(a) => a.queues,
         }
     }
 }
@@ -211,6 +267,71 @@ pub struct PcapPortConfig {
     pub frames: Option<u32>,
     /// NUMA node for the frame memory. Default: none.
     pub numa_node: Option<u32>,
+}
+
+/// XDP attach mode for the steering program.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode when refused. Default.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Whether AF_XDP sockets bind in zero-copy mode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZeroCopy {
+    /// Try zero-copy, use copy mode when the driver refuses (veth does). Default.
+    #[default]
+    Auto,
+    /// Zero-copy or fail.
+    On,
+    /// Copy mode.
+    Off,
+}
+
+/// `kind = "afxdp"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AfxdpPortConfig {
+    /// Network interface to bind. Required.
+    pub interface: String,
+    /// Queues (one AF_XDP socket each, queue ids 0..queues). Default: 1.
+    #[serde(default = "one")]
+    pub queues: u16,
+    /// UMEM frames for the whole port (shared by its sockets). Default: 8192.
+    #[serde(default = "afxdp_frames")]
+    pub frames: u32,
+    /// Size of each fill, completion, RX and TX ring (power of two). Default: 2048.
+    #[serde(default = "afxdp_ring")]
+    pub ring_size: u32,
+    /// XDP attach mode. Default: `auto`.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Zero-copy policy. Default: `auto`.
+    #[serde(default)]
+    pub zero_copy: ZeroCopy,
+    /// Steering rules: frames matching one go to the socket, everything else to the kernel
+    /// (`udp 198.18.0.1 7`, `tcp 2001:db8::/64 8000-8100`, `any 198.18.0.1`). Default:
+    /// none, which steers nothing.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// NUMA node for the UMEM. Default: the interface's node from sysfs, else none.
+    #[serde(default)]
+    pub numa_node: Option<u32>,
+}
+
+fn one() -> u16 {
+    1
+}
+fn afxdp_frames() -> u32 {
+    8192
+}
+fn afxdp_ring() -> u32 {
+    2048
 }
 
 /// One worker thread.
@@ -312,6 +433,41 @@ impl Config {
                         ));
                     }
                 }
+                PortConfig::Afxdp(a) => {
+                    if a.interface.is_empty() || a.interface.len() > 15 {
+                        return Err(bad(
+                            format!("ports[{i}].interface"),
+                            format!("`{}` is not an interface name (1 to 15 bytes)", a.interface),
+                        ));
+                    }
+                    if !(1..=256).contains(&a.queues) {
+                        return Err(bad(
+                            format!("ports[{i}].queues"),
+                            format!("{} is out of range 1..=256", a.queues),
+                        ));
+                    }
+                    if !a.ring_size.is_power_of_two() || !(64..=16384).contains(&a.ring_size) {
+                        return Err(bad(
+                            format!("ports[{i}].ring_size"),
+                            format!("{} is not a power of two between 64 and 16384", a.ring_size),
+                        ));
+                    }
+                    let need = a.queues as u32 * a.ring_size * 2;
+                    if a.frames < need {
+                        return Err(bad(
+                            format!("ports[{i}].frames"),
+                            format!(
+                                "{} frames cannot fill {} queues' fill and TX rings of {} (need at least {need})",
+                                a.frames, a.queues, a.ring_size
+                            ),
+                        ));
+                    }
+                    for (j, r) in a.rules.iter().enumerate() {
+                        if let Err(e) = r.parse::<xdp::Rule>() {
+                            return Err(bad(format!("ports[{i}].rules[{j}]"), e.to_string()));
+                        }
+                    }
+                }
                 PortConfig::Pcap(pc) => {
                     if let Some(f) = pc.frames {
                         if f < (e.burst * 2) as u32 {
@@ -389,6 +545,23 @@ impl Config {
         for (i, h) in self.handlers.iter().enumerate() {
             h.validate()
                 .map_err(|msg| bad(format!("handlers[{i}]"), msg))?;
+        }
+        let c = &self.control;
+        if c.enabled && c.socket.as_os_str().is_empty() {
+            return Err(bad(
+                "control.socket".into(),
+                "must not be empty (default /run/slipstream/ctl.sock; set enabled = false to turn the control plane off)".into(),
+            ));
+        }
+        if c.tcp.is_some() {
+            for (name, v) in [("tls_cert", &c.tls_cert), ("tls_key", &c.tls_key), ("tls_ca", &c.tls_ca)] {
+                if v.is_none() {
+                    return Err(bad(
+                        format!("control.{name}"),
+                        "is required when control.tcp is set: TCP is served with mutual TLS only".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub use mem::Frame;
 pub use packet::{CoreId, Meta, PortId, QueueId, WorkerId};
 pub use pipeline::{Context, DropReason, Handler, Pipeline, Verdict};
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod handlers;
 pub mod replay;

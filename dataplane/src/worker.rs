@@ -18,11 +18,41 @@
 //! The stop flag is read once per turn, so a worker always stops at a batch boundary. No
 //! locks, no allocation and no syscalls happen in the loop (beyond what a port's I/O model
 //! needs, and a sleep in the back-off idle policy).
+//!
+//! ## Live changes
+//!
+//! Each worker has a command mailbox ([`Shared::commands`], a bounded lock-free queue) that
+//! it checks once per turn, at the top, where every transmit and ring batch of the previous
+//! turn has been flushed: that is the batch boundary. A command is carried out there and
+//! answered on [`Shared::replies`]; the engine sends one command at a time per worker and
+//! waits for the reply, so the mailboxes never fill.
+//!
+//! - [`Command::Release`]: stop polling a queue and hand its [`Queue`] handle back in the
+//!   reply. Packets that arrive meanwhile wait in the port's queue, so a move loses nothing.
+//! - [`Command::Adopt`]: start polling and transmitting on a queue handle. The handle itself
+//!   moves from the old owner to the new one; reopening it through the port would work too
+//!   (dropping a handle gives the queue back), but a reopen can fail halfway (an AF_XDP
+//!   re-bind), leaving a queue without owner, and moving the handle cannot.
+//! - [`Command::SetPipeline`] swaps the handler chain between two bursts; the old chain goes
+//!   back in the reply so that it is freed on the control thread, not here.
+//! - [`Command::SetIdle`], [`Command::SetPeers`] (the workers that take part in flow
+//!   spreading), [`Command::Sync`] (a barrier: once answered, the worker has finished every
+//!   turn that started before) and [`Command::Exit`] (drain the inbound ring, then leave).
+//!
+//! While a queue moves, frames that must leave through it may reach the new owner (over its
+//! ring) before the handle does. [`Routes`] already names the new owner then, so the new
+//! owner parks such frames on its own ring and meets them again next turn, by which time the
+//! handle has usually arrived. The old owner, after releasing, forwards them to the new one.
+//! Nothing is dropped for the move itself.
+//!
+//! Worker ids are slots of fixed-size tables (rings, routes, liveness flags) sized when the
+//! engine is built, so adding a worker allocates nothing that a running worker reads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
 use crate::batch::Batch;
@@ -37,59 +67,201 @@ use crate::stats::{new_histogram, LatencyMailbox, Padded, WorkerCounters};
 /// How often a worker publishes its latency histogram.
 const LATENCY_POST_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Which worker transmits on each port queue: `owners[port][queue]`.
-#[derive(Debug, Clone, Default)]
+/// Room in each worker's command and reply mailboxes. The engine keeps at most one command
+/// outstanding per worker; the spare room only absorbs a reply nobody waited for.
+const MAILBOX: usize = 8;
+
+/// Marks a queue without owner in [`Routes`].
+const NO_OWNER: u16 = u16::MAX;
+
+/// Which worker transmits on each port queue, readable by every worker and updated by the
+/// engine while they run (one atomic per queue).
+#[derive(Debug, Default)]
 pub struct Routes {
-    pub owners: Vec<Vec<Option<WorkerId>>>,
+    owners: Vec<Vec<AtomicU16>>,
 }
 
 impl Routes {
-    #[inline]
-    pub fn owner(&self, q: QueueId) -> Option<WorkerId> {
+    /// A table for ports with these queue counts, nobody owning anything.
+    pub fn new(queue_counts: impl IntoIterator<Item = u16>) -> Routes {
+        Routes {
+            owners: queue_counts
+                .into_iter()
+                .map(|n| (0..n).map(|_| AtomicU16::new(NO_OWNER)).collect())
+                .collect(),
+        }
+    }
+
+    fn slot(&self, q: QueueId) -> Option<&AtomicU16> {
         self.owners
             .get(q.port.0 as usize)
             .and_then(|p| p.get(q.queue as usize))
-            .copied()
-            .flatten()
+    }
+
+    /// The worker that transmits on `q`, if any.
+    #[inline]
+    pub fn owner(&self, q: QueueId) -> Option<WorkerId> {
+        self.slot(q)
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|&w| w != NO_OWNER)
+            .map(WorkerId)
+    }
+
+    /// True when the port and queue exist.
+    pub fn exists(&self, q: QueueId) -> bool {
+        self.slot(q).is_some()
+    }
+
+    /// Sets (or clears) the owner of `q`; false when `q` does not exist.
+    pub fn set(&self, q: QueueId, owner: Option<WorkerId>) -> bool {
+        match self.slot(q) {
+            Some(s) => {
+                s.store(owner.map_or(NO_OWNER, |w| w.0), Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of queues over all ports.
+    pub fn queue_count(&self) -> usize {
+        self.owners.iter().map(Vec::len).sum()
+    }
+}
+
+/// A change a worker carries out at its next batch boundary.
+pub enum Command {
+    /// Start polling and transmitting on this queue.
+    Adopt(Box<dyn Queue>),
+    /// Stop using this queue and hand the handle back ([`Reply::Queue`]).
+    Release(QueueId),
+    /// Run this chain from the next burst on; the old one comes back ([`Reply::Pipeline`]).
+    SetPipeline(Pipeline),
+    /// Change the idle policy.
+    SetIdle { idle: Idle, backoff_max: Duration },
+    /// The live workers, for flow spreading in pipeline mode and [`Context::workers`]; the
+    /// old list comes back ([`Reply::Peers`]).
+    SetPeers(Vec<WorkerId>),
+    /// Answer [`Reply::Done`]: every turn begun before has finished.
+    Sync,
+    /// Stop receiving, run what waits on the inbound ring, then leave the loop.
+    Exit,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Adopt(q) => write!(f, "Adopt({})", q.id()),
+            Command::Release(q) => write!(f, "Release({q})"),
+            Command::SetPipeline(p) => write!(f, "SetPipeline({p:?})"),
+            Command::SetIdle { idle, backoff_max } => {
+                write!(f, "SetIdle({idle:?}, {backoff_max:?})")
+            }
+            Command::SetPeers(p) => write!(f, "SetPeers({p:?})"),
+            Command::Sync => f.write_str("Sync"),
+            Command::Exit => f.write_str("Exit"),
+        }
+    }
+}
+
+/// A worker's answer to a [`Command`].
+pub enum Reply {
+    Done,
+    /// The released queue.
+    Queue(Box<dyn Queue>),
+    /// Release of a queue the worker does not own (an engine bug; nothing changed).
+    NotOwned(QueueId),
+    /// The chain that was replaced.
+    Pipeline(Pipeline),
+    /// The peer list that was replaced.
+    Peers(Vec<WorkerId>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Done => f.write_str("Done"),
+            Reply::Queue(q) => write!(f, "Queue({})", q.id()),
+            Reply::NotOwned(q) => write!(f, "NotOwned({q})"),
+            Reply::Pipeline(p) => write!(f, "Pipeline({p:?})"),
+            Reply::Peers(p) => write!(f, "Peers({p:?})"),
+        }
     }
 }
 
 /// State shared between a worker thread and the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     pub counters: Padded<WorkerCounters>,
     pub latency: LatencyMailbox,
     /// Consecutive loop turns without work, written by the worker (for quiescence checks).
     pub idle_streak: AtomicU64,
+    /// Commands from the engine, taken once per turn.
+    pub commands: ArrayQueue<Command>,
+    /// Answers to the commands.
+    pub replies: ArrayQueue<Reply>,
 }
 
-/// Flags the engine uses to stop workers.
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            counters: Padded::default(),
+            latency: LatencyMailbox::default(),
+            idle_streak: AtomicU64::new(0),
+            commands: ArrayQueue::new(MAILBOX),
+            replies: ArrayQueue::new(MAILBOX),
+        }
+    }
+}
+
+/// Flags the engine uses to stop workers, and which worker slots are live.
 #[derive(Debug, Default)]
 pub struct Control {
     /// Stop receiving from ports; keep draining rings.
     pub stop_rx: AtomicBool,
     /// Leave the loop at the next batch boundary.
     pub exit: AtomicBool,
+    /// Per worker slot: true while the worker runs and may be sent frames. A forward to a
+    /// slot that is not live is dropped as `no_route`.
+    pub live: Vec<AtomicBool>,
+}
+
+impl Control {
+    /// Flags for `slots` worker slots, none live.
+    pub fn with_slots(slots: usize) -> Control {
+        Control {
+            live: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+            ..Control::default()
+        }
+    }
+
+    #[inline]
+    fn is_live(&self, w: usize) -> bool {
+        self.live.get(w).is_some_and(|l| l.load(Ordering::Acquire))
+    }
 }
 
 /// Everything a worker thread owns.
 pub struct Worker {
     pub id: WorkerId,
-    pub workers: u16,
     pub mode: Mode,
     pub idle: Idle,
     pub backoff_max: Duration,
     pub burst: usize,
+    /// Owned queues. Capacity for every queue of every port is reserved by
+    /// [`Worker::run`], so adopting one never allocates.
     pub queues: Vec<Box<dyn Queue>>,
     /// Frame caches indexed by pool id (== port index).
     pub caches: Vec<Cache>,
     pub routes: Arc<Routes>,
-    /// Inbound ring of every worker, indexed by worker id.
+    /// Inbound ring of every worker slot, indexed by worker id.
     pub rings: Arc<Vec<Burst>>,
     pub slow_path: Arc<Burst>,
     pub pipeline: Pipeline,
     pub shared: Arc<Shared>,
     pub control: Arc<Control>,
+    /// Live workers, in spreading order (pipeline mode spreads flows over them).
+    pub peers: Vec<WorkerId>,
     pub epoch: Instant,
 }
 
@@ -115,17 +287,25 @@ impl Worker {
     /// Runs until told to exit. Returns nothing: results are in the shared counters.
     pub fn run(mut self) {
         let burst = self.burst;
+        let max_queues = self.routes.queue_count().max(self.queues.len());
+        self.queues.reserve(max_queues - self.queues.len());
         let mut s = Scratch {
             rx: Batch::with_capacity(burst),
             work: Batch::with_capacity(burst),
             local: Batch::with_capacity(burst),
             verdicts: vec![Verdict::Next; burst],
             sinks: Sinks {
-                tx_ids: self.queues.iter().map(|q| q.id()).collect(),
-                tx: (0..self.queues.len())
+                tx_ids: {
+                    let mut ids = Vec::with_capacity(max_queues);
+                    ids.extend(self.queues.iter().map(|q| q.id()));
+                    ids
+                },
+                // One transmit batch per queue this worker could ever own; the first
+                // `queues.len()` are in use.
+                tx: (0..max_queues)
                     .map(|_| Batch::with_capacity(burst))
                     .collect(),
-                out: (0..self.workers)
+                out: (0..self.rings.len())
                     .map(|_| Batch::with_capacity(burst))
                     .collect(),
                 slow: Batch::with_capacity(burst),
@@ -134,11 +314,17 @@ impl Worker {
         let mut hist = new_histogram();
         let mut last_post = Instant::now();
         let mut idle_streak: u64 = 0;
+        let mut leaving = false;
         loop {
             if self.control.exit.load(Ordering::Acquire) {
                 break;
             }
-            let receiving = !self.control.stop_rx.load(Ordering::Acquire);
+            // Batch boundary: every batch of the previous turn has been flushed.
+            while let Some(cmd) = self.shared.commands.pop() {
+                leaving |= self.apply(cmd, &mut s.sinks);
+                idle_streak = 0;
+            }
+            let receiving = !leaving && !self.control.stop_rx.load(Ordering::Acquire);
             let mut work = 0;
             for qi in 0..self.queues.len() {
                 self.queues[qi].poll();
@@ -151,7 +337,7 @@ impl Worker {
                 }
                 work += n;
                 self.classify(&mut s);
-                if self.mode == Mode::Pipeline && self.workers > 1 {
+                if self.mode == Mode::Pipeline && self.peers.len() > 1 {
                     self.spread(&mut s);
                     if !s.local.is_empty() {
                         std::mem::swap(&mut s.work, &mut s.local);
@@ -179,6 +365,11 @@ impl Worker {
                 }
             }
             self.flush(&mut s.sinks);
+            if leaving && n == 0 {
+                // Nobody sends to this worker any more (the engine made sure before asking
+                // it to leave) and its ring is empty: done.
+                break;
+            }
 
             let c = &self.shared.counters;
             if work > 0 {
@@ -204,6 +395,49 @@ impl Worker {
         self.shared.latency.post(&hist);
         // Queues and caches are dropped here, at a batch boundary: queue handles give their
         // queues back to the port, caches return their frames to the pools.
+    }
+
+    /// Carries out one command at a batch boundary (every batch in `s` is empty). Returns
+    /// true when the worker must leave.
+    fn apply(&mut self, cmd: Command, s: &mut Sinks) -> bool {
+        let mut leave = false;
+        let reply = match cmd {
+            Command::Adopt(q) => {
+                s.tx_ids.push(q.id());
+                self.queues.push(q);
+                Reply::Done
+            }
+            Command::Release(id) => match s.tx_ids.iter().position(|&x| x == id) {
+                Some(qi) => {
+                    // Flushed at the end of the last turn; flush again in case a port kept
+                    // part of it, so the frames are counted before the handle leaves.
+                    self.flush_tx(qi, s);
+                    let last = self.queues.len() - 1;
+                    s.tx.swap(qi, last);
+                    s.tx_ids.swap_remove(qi);
+                    Reply::Queue(self.queues.swap_remove(qi))
+                }
+                None => Reply::NotOwned(id),
+            },
+            Command::SetPipeline(p) => Reply::Pipeline(std::mem::replace(&mut self.pipeline, p)),
+            Command::SetIdle { idle, backoff_max } => {
+                self.idle = idle;
+                self.backoff_max = backoff_max;
+                Reply::Done
+            }
+            Command::SetPeers(p) => Reply::Peers(std::mem::replace(&mut self.peers, p)),
+            Command::Sync => Reply::Done,
+            Command::Exit => {
+                leave = true;
+                Reply::Done
+            }
+        };
+        self.shared.idle_streak.store(0, Ordering::Release);
+        // Cannot fail while the engine keeps one command outstanding; if it ever did, the
+        // reply (and any queue handle in it) is dropped, which gives the queue back to its
+        // port rather than losing it.
+        let _ = self.shared.replies.push(reply);
+        leave
     }
 
     fn idle(&self, streak: u64) {
@@ -251,8 +485,10 @@ impl Worker {
     /// Pipeline mode: sends each frame to the worker that owns its flow.
     fn spread(&mut self, s: &mut Scratch) {
         let me = self.id.0 as usize;
+        let n = self.peers.len() as u64;
         for f in s.work.drain() {
-            let target = ((f.meta.hash as u64 * self.workers as u64) >> 32) as usize;
+            let pick = ((f.meta.hash as u64 * n) >> 32) as usize;
+            let target = self.peers.get(pick).map_or(me, |w| w.0 as usize);
             if target == me {
                 let _ = s.local.try_push(f);
             } else {
@@ -276,7 +512,7 @@ impl Worker {
         let start = Instant::now();
         let cx = Context {
             worker: self.id,
-            workers: self.workers,
+            workers: self.peers.len() as u16,
             now_ns: start.duration_since(self.epoch).as_nanos() as u64,
         };
         self.pipeline.run(s.work.as_mut_slice(), verdicts, &cx);
@@ -300,7 +536,7 @@ impl Worker {
         match v {
             Verdict::Tx(q) => self.enqueue_tx(q, f, s),
             Verdict::Forward(w) => {
-                if (w.0 as usize) < self.rings.len() {
+                if self.control.is_live(w.0 as usize) {
                     f.meta.tx = None;
                     push_out(
                         &self.rings,
@@ -338,8 +574,10 @@ impl Worker {
     fn enqueue_tx(&mut self, q: QueueId, f: Frame, s: &mut Sinks) {
         let c = &self.shared.counters;
         let Some(qi) = s.tx_ids.iter().position(|&x| x == q) else {
+            // Another worker's queue, or (owner == self) one whose handle is on its way
+            // here: park the frame on our own ring until the handle arrives.
             match self.routes.owner(q) {
-                Some(w) if w != self.id => {
+                Some(w) if (w.0 as usize) < self.rings.len() => {
                     let mut f = f;
                     f.meta.tx = Some(q);
                     push_out(

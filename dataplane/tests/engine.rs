@@ -373,7 +373,10 @@ fn idle_polls_in(idle: dataplane::config::Idle, wait: Duration) -> u64 {
     p0.close_input();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while engine.in_flight() != 0 || engine.snapshot().transmitted() < 10 {
-        assert!(std::time::Instant::now() < deadline, "worker did not wake up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not wake up"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let report = engine.stop().unwrap();
@@ -390,5 +393,8 @@ fn backoff_idle_policy_sleeps_instead_of_spinning_and_still_answers() {
     // A 1 ms sleep cap allows at most ~300 sleeps plus the spin/yield warm-up (192 turns)
     // in 300 ms; busy polling makes millions of turns.
     assert!(backing_off < 2_000, "back-off polled {backing_off} times");
-    assert!(spinning > 10 * backing_off, "busy-poll {spinning} vs back-off {backing_off}");
+    assert!(
+        spinning > 10 * backing_off,
+        "busy-poll {spinning} vs back-off {backing_off}"
+    );
 }

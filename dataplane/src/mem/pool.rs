@@ -165,6 +165,36 @@ impl Frame {
         true
     }
 
+    /// Gives up the token, returning (index, head, len), for a frame handed to a device ring.
+    /// The pool counts the frame as in use until it comes back through
+    /// [`FramePool::frame_from_raw`] or [`FramePool::release_raw`].
+    #[inline]
+    pub(crate) fn into_raw(self) -> (u32, u16, u16) {
+        (self.index, self.head, self.len)
+    }
+
+    /// Moves the packet so that it starts `head` bytes into the frame (devices that can
+    /// only transmit from a fixed offset). False when it does not fit.
+    #[inline]
+    pub(crate) fn try_move_to(&mut self, head: u16) -> bool {
+        if head as usize + self.len as usize > self.capacity as usize {
+            return false;
+        }
+        if head != self.head {
+            // SAFETY: both ranges lie inside this frame (checked above and by the
+            // head + len <= capacity invariant); `copy` handles the overlap.
+            unsafe {
+                std::ptr::copy(
+                    self.base.as_ptr().add(self.head as usize),
+                    self.base.as_ptr().add(head as usize),
+                    self.len as usize,
+                );
+            }
+            self.head = head;
+        }
+        true
+    }
+
     /// Replaces the packet with `bytes`, starting at the default headroom. False when the
     /// frame cannot hold them.
     #[inline]
@@ -191,15 +221,48 @@ pub struct LeakError {
     pub missing: u32,
 }
 
+/// Memory behind a pool: our own region, or memory another component owns (an AF_XDP
+/// UMEM mapped by xsk-rs), kept alive by an opaque owner value.
+enum Memory {
+    Owned(std::mem::ManuallyDrop<Region>),
+    External {
+        base: NonNull<u8>,
+        backing: Backing,
+        owner: std::mem::ManuallyDrop<Box<dyn std::any::Any + Send + Sync>>,
+    },
+}
+
+impl Memory {
+    fn base(&self) -> *mut u8 {
+        match self {
+            Memory::Owned(r) => r.as_ptr(),
+            Memory::External { base, .. } => base.as_ptr(),
+        }
+    }
+
+    fn backing(&self) -> Backing {
+        match self {
+            Memory::Owned(r) => r.backing(),
+            Memory::External { backing, .. } => *backing,
+        }
+    }
+}
+
 /// A fixed set of equal-size frames over one region.
 pub struct FramePool {
     id: PoolId,
     name: String,
-    region: std::mem::ManuallyDrop<Region>,
+    memory: Memory,
     frame_size: u16,
     count: u32,
     free: ArrayQueue<u32>,
 }
+
+// SAFETY: the memory is only reached through Frames, each the unique owner of its bytes;
+// the external owner value is Send + Sync itself.
+unsafe impl Send for FramePool {}
+// SAFETY: as above; shared access only touches the lock-free free list.
+unsafe impl Sync for FramePool {}
 
 impl fmt::Debug for FramePool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -209,7 +272,7 @@ impl fmt::Debug for FramePool {
             .field("frames", &self.count)
             .field("frame_size", &self.frame_size)
             .field("free", &self.free.len())
-            .field("backing", &self.region.backing())
+            .field("backing", &self.memory.backing())
             .finish()
     }
 }
@@ -256,7 +319,7 @@ impl FramePool {
         Ok(Arc::new(FramePool {
             id,
             name: name.into(),
-            region: std::mem::ManuallyDrop::new(region),
+            memory: Memory::Owned(std::mem::ManuallyDrop::new(region)),
             frame_size,
             count,
             free,
@@ -290,12 +353,89 @@ impl FramePool {
 
     /// Pages backing the pool.
     pub fn backing(&self) -> Backing {
-        self.region.backing()
+        self.memory.backing()
     }
 
-    /// The underlying region.
-    pub fn region(&self) -> &Region {
-        &self.region
+    /// Builds a pool over memory someone else mapped (an AF_XDP UMEM). All frames start on
+    /// the free list. `owner` is kept alive (and dropped) with the pool, or leaked with the
+    /// memory if frames are still out when the pool is dropped.
+    ///
+    /// # Safety
+    /// `base` must point to `count * frame_size` bytes that stay mapped and are used by
+    /// nothing else while `owner` is alive, except through frames of this pool (and, for
+    /// frames handed to a kernel ring, by the kernel until they are handed back).
+    pub unsafe fn from_external(
+        id: PoolId,
+        name: impl Into<String>,
+        base: NonNull<u8>,
+        count: u32,
+        frame_size: u32,
+        backing: Backing,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Result<Arc<FramePool>, PoolError> {
+        if !(512..=32768).contains(&frame_size) || !frame_size.is_power_of_two() {
+            return Err(PoolError::FrameSize(frame_size));
+        }
+        if count == 0 || count > 1 << 24 {
+            return Err(PoolError::Count {
+                got: count,
+                max: 1 << 24,
+            });
+        }
+        let free = ArrayQueue::new(count as usize);
+        for i in 0..count {
+            let _ = free.push(i);
+        }
+        Ok(Arc::new(FramePool {
+            id,
+            name: name.into(),
+            memory: Memory::External {
+                base,
+                backing,
+                owner: std::mem::ManuallyDrop::new(owner),
+            },
+            frame_size: frame_size as u16,
+            count,
+            free,
+        }))
+    }
+
+    /// Base address of the pool's memory (frame `i` starts at `base + i * frame_size`).
+    pub fn base(&self) -> *mut u8 {
+        self.memory.base()
+    }
+
+    /// Rebuilds the token of a frame whose index the caller got back from a device ring.
+    ///
+    /// # Safety
+    /// `index` must be a frame of this pool that was given away with [`Frame::into_raw`]
+    /// and is owned by nobody else now; `head + len` must not exceed the frame size.
+    #[inline]
+    pub(crate) unsafe fn frame_from_raw(&self, index: u32, head: u16, len: u16) -> Frame {
+        debug_assert!(head as usize + len as usize <= self.frame_size as usize);
+        let mut f = self.frame(index);
+        f.head = head;
+        f.len = len;
+        f
+    }
+
+    /// Puts a frame index given away with [`Frame::into_raw`] straight back on the free list
+    /// (used when a device returns everything at close).
+    ///
+    /// # Safety
+    /// As for [`FramePool::frame_from_raw`].
+    pub(crate) unsafe fn release_raw(&self, index: u32) {
+        let _ = self.free.push(index);
+    }
+
+    /// Takes every index off the free list (for close-time reclaim); the caller must give
+    /// all of them back with `release_raw`.
+    pub(crate) fn drain_free(&self) -> Vec<u32> {
+        let mut v = Vec::with_capacity(self.free.len());
+        while let Some(i) = self.free.pop() {
+            v.push(i);
+        }
+        v
     }
 
     #[inline]
@@ -304,8 +444,8 @@ impl FramePool {
         // SAFETY: index < count, so the offset is inside the region (count * frame_size
         // bytes).
         let base = unsafe {
-            self.region
-                .as_ptr()
+            self.memory
+                .base()
                 .add(index as usize * self.frame_size as usize)
         };
         Frame {
@@ -359,8 +499,13 @@ impl Drop for FramePool {
     fn drop(&mut self) {
         if self.free.len() as u32 == self.count {
             // SAFETY: every frame is back on the free list, so no Frame points into the
-            // region any more and it can be unmapped; `region` is not used after this.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.region) };
+            // memory any more and it can be released; `memory` is not used after this.
+            unsafe {
+                match &mut self.memory {
+                    Memory::Owned(r) => std::mem::ManuallyDrop::drop(r),
+                    Memory::External { owner, .. } => std::mem::ManuallyDrop::drop(owner),
+                }
+            }
         } else {
             // Frames are still out (a leak already reported by `verify`): keep the memory
             // mapped so that they never dangle.

@@ -16,6 +16,7 @@ use crate::mem::FramePool;
 use crate::packet::{PortId, QueueId};
 use crate::stats::{Padded, QueueCounters, QueueSnapshot};
 
+pub mod afxdp;
 pub mod memory;
 pub mod pcap;
 
@@ -69,6 +70,12 @@ pub trait Port: Send + Sync {
 
     /// Takes exclusive ownership of a queue. `burst` is the most frames one call moves.
     fn open_queue(&self, queue: u16, burst: usize) -> Result<Box<dyn Queue>, PortError>;
+
+    /// One line saying how the port runs (interface, copy or zero-copy, page size...), for
+    /// logs and reports. Default: empty.
+    fn describe(&self) -> String {
+        String::new()
+    }
 
     /// Per-queue counters, indexed by queue number.
     fn counters(&self) -> &[Padded<QueueCounters>];
