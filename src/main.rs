@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -16,6 +16,7 @@ use dataplane::config::{
 use dataplane::engine::{Engine, EngineError, Report};
 use dataplane::handlers::{Spec, UdpEchoSpec};
 
+mod lab;
 mod replay;
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,18 @@ struct RunArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve the control plane (`ctl`) on this Unix socket (default: the config's
+    /// control.socket, /run/slipstream/ctl.sock).
+    #[arg(long, value_name = "PATH")]
+    ctl_socket: Option<PathBuf>,
+    /// Do not serve the control plane.
+    #[arg(long, conflicts_with = "ctl_socket")]
+    no_ctl: bool,
+    /// Root only: bring up a throw-away veth lab, run udp-echo over AF_XDP on it and drive
+    /// it from the peer namespace with kernel UDP clients for --duration (default 10) s;
+    /// prints throughput and latency, and removes the lab on exit (src/lab.rs).
+    #[arg(long, conflicts_with = "config")]
+    lab: bool,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +124,9 @@ fn default_config() -> Config {
 }
 
 fn run(args: RunArgs) -> u8 {
+    if args.lab {
+        return lab::run(args.duration, args.json);
+    }
     let (cfg, base) = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(cfg) => (
@@ -139,25 +155,35 @@ fn run(args: RunArgs) -> u8 {
             return 1;
         }
     }
-    let mut engine = match Engine::new(&cfg, &base) {
+    let engine = match Engine::new(&cfg, &base) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("slipstream: {e}");
             return 2;
         }
     };
-    if let Err(e) = engine.start() {
+    // The engine is shared with the control plane's thread; `None` once stopped.
+    let engine: control::SharedEngine = Arc::new(Mutex::new(Some(engine)));
+    let daemon = match start_control(&args, &cfg, &base, &engine, &stop) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let lock = || engine.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(Err(e)) = lock().as_mut().map(Engine::start) {
         eprintln!("slipstream: {e}");
         return match e {
             EngineError::Pin { .. } | EngineError::Plan(_) | EngineError::Port(_) => 2,
             _ => 1,
         };
     }
+    let snapshot = || lock().as_ref().map(Engine::snapshot);
     let interval = Duration::from_millis(cfg.engine.stats_interval_ms);
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-    let mut last = engine.snapshot();
+    let Some(mut last) = snapshot() else {
+        return 1;
+    };
     let mut last_at = Instant::now();
     let mut next_print = Instant::now() + interval;
     loop {
@@ -168,12 +194,15 @@ fn run(args: RunArgs) -> u8 {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if engine.ports().iter().all(|p| p.rx_finished()) && engine.in_flight() == 0 {
+        let finished = lock()
+            .as_ref()
+            .is_none_or(|e| e.ports().iter().all(|p| p.rx_finished()) && e.in_flight() == 0);
+        if finished {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
         if !interval.is_zero() && Instant::now() >= next_print {
-            let now = engine.snapshot();
+            let Some(now) = snapshot() else { break };
             let dt = last_at.elapsed().as_secs_f64();
             eprintln!("{}", stats_line(&now, &last, dt));
             last = now;
@@ -181,7 +210,14 @@ fn run(args: RunArgs) -> u8 {
             next_print += interval;
         }
     }
-    match engine.stop() {
+    let Some(engine) = lock().take() else {
+        return 1;
+    };
+    let result = engine.stop();
+    if let Some(d) = daemon {
+        d.finish(control::server::outcome(&result));
+    }
+    match result {
         Ok(report) => {
             print_final(&report, args.json);
             0
@@ -196,6 +232,43 @@ fn run(args: RunArgs) -> u8 {
         Err(e) => {
             eprintln!("slipstream: {e}");
             1
+        }
+    }
+}
+
+/// Starts the control plane unless turned off. A failure on the default socket (not
+/// root, or another instance serving it) is a warning; on a socket or TCP listener the
+/// user asked for, it is an error (exit 2).
+fn start_control(
+    args: &RunArgs,
+    cfg: &Config,
+    base: &Path,
+    engine: &control::SharedEngine,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<control::Daemon>, u8> {
+    if args.no_ctl || !cfg.control.enabled {
+        return Ok(None);
+    }
+    let mut ccfg = cfg.control.clone();
+    ccfg.resolve(base);
+    if let Some(p) = &args.ctl_socket {
+        ccfg.socket = p.clone();
+    }
+    let best_effort = control::server::is_default_socket(&ccfg.socket) && ccfg.tcp.is_none();
+    let started = control::Options::from_config(&ccfg, &cfg.ports)
+        .and_then(|opts| control::Daemon::start(engine.clone(), stop.clone(), opts));
+    match started {
+        Ok(d) => {
+            eprintln!("slipstream: control plane on {}", d.listeners().join(", "));
+            Ok(Some(d))
+        }
+        Err(e) if best_effort => {
+            eprintln!("slipstream: control plane off: {e} (use --ctl-socket PATH)");
+            Ok(None)
+        }
+        Err(e) => {
+            eprintln!("slipstream: {e}");
+            Err(2)
         }
     }
 }

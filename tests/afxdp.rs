@@ -272,10 +272,10 @@ fn two_queues_two_workers_split_many_flows() {
     const PER_FLOW: usize = 25;
     let flows: Vec<(std::net::UdpSocket, SocketAddr)> = (0..FLOWS)
         .map(|i| {
-            let (bind, dst) = if i % 2 == 0 {
-                (format!("{PEER_V4}:0"), dst4)
-            } else {
+            let (bind, dst) = if i % 2 == 1 {
                 (format!("[{PEER_V6}]:0"), dst6)
+            } else {
+                (format!("{PEER_V4}:0"), dst4)
             };
             let s = peer_udp(&lab, &bind).expect("peer UDP socket");
             s.connect(dst).expect("connect");

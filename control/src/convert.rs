@@ -228,7 +228,10 @@ pub fn json_to_value(j: &serde_json::Value) -> prost_types::Value {
 /// A JSON object as a Struct (anything else gives an empty Struct).
 pub fn json_to_struct(j: &serde_json::Value) -> prost_types::Struct {
     let fields: BTreeMap<String, prost_types::Value> = match j {
-        serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
         _ => BTreeMap::new(),
     };
     prost_types::Struct { fields }
@@ -238,14 +241,20 @@ pub fn json_to_struct(j: &serde_json::Value) -> prost_types::Struct {
 pub fn spec(i: usize, h: &pb::Handler) -> Result<Spec, Status> {
     let field = format!("handlers[{i}]");
     if h.kind.is_empty() {
-        return Err(invalid(&format!("{field}.kind"), "required (udp-echo, macswap, arp, icmp)"));
+        return Err(invalid(
+            &format!("{field}.kind"),
+            "required (udp-echo, macswap, arp, icmp)",
+        ));
     }
     let mut obj = match h.settings.as_ref().map(struct_to_json) {
         Some(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
     if obj.contains_key("kind") {
-        return Err(invalid(&format!("{field}.settings"), "`kind` goes in the kind field, not in settings"));
+        return Err(invalid(
+            &format!("{field}.settings"),
+            "`kind` goes in the kind field, not in settings",
+        ));
     }
     obj.insert("kind".into(), serde_json::Value::String(h.kind.clone()));
     serde_json::from_value::<Spec>(serde_json::Value::Object(obj)).map_err(|e| invalid(&field, e))
@@ -280,7 +289,10 @@ mod tests {
             let h = handler(s);
             assert_eq!(&spec(i, &h).unwrap(), s);
         }
-        assert_eq!(handler(&specs[0]).settings.unwrap().fields["port"].kind, Some(Kind::NumberValue(9.0)));
+        assert_eq!(
+            handler(&specs[0]).settings.unwrap().fields["port"].kind,
+            Some(Kind::NumberValue(9.0))
+        );
     }
 
     #[test]
@@ -293,13 +305,43 @@ mod tests {
             .insert("prot".into(), json_to_value(&serde_json::json!(7)));
         let e = spec(2, &h).unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
-        assert!(e.message().starts_with("handlers[2]: unknown field `prot`"), "{}", e.message());
-        let e = spec(0, &pb::Handler { kind: "nope".into(), settings: None }).unwrap_err();
-        assert!(e.message().contains("unknown variant `nope`"), "{}", e.message());
-        let e = spec(0, &pb::Handler { kind: String::new(), settings: None }).unwrap_err();
-        assert!(e.message().starts_with("handlers[0].kind"), "{}", e.message());
+        assert!(
+            e.message().starts_with("handlers[2]: unknown field `prot`"),
+            "{}",
+            e.message()
+        );
+        let e = spec(
+            0,
+            &pb::Handler {
+                kind: "nope".into(),
+                settings: None,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.message().contains("unknown variant `nope`"),
+            "{}",
+            e.message()
+        );
+        let e = spec(
+            0,
+            &pb::Handler {
+                kind: String::new(),
+                settings: None,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.message().starts_with("handlers[0].kind"),
+            "{}",
+            e.message()
+        );
         let mut h = handler(&Spec::UdpEcho(UdpEchoSpec { port: 7 }));
-        h.settings.as_mut().unwrap().fields.insert("port".into(), json_to_value(&serde_json::json!(7.5)));
+        h.settings
+            .as_mut()
+            .unwrap()
+            .fields
+            .insert("port".into(), json_to_value(&serde_json::json!(7.5)));
         assert!(spec(0, &h).is_err(), "a fractional port is not a port");
     }
 }

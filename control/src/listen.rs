@@ -237,13 +237,13 @@ pub fn tls_incoming(
                 }
             };
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let conn_tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let conn = TlsConn(tls);
                         tracing::debug!("control: {peer}: TLS with {:?}", conn.key_exchange());
-                        let _ = tx.send(Ok(conn)).await;
+                        let _ = conn_tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::info!("control: {peer}: TLS handshake refused: {e}"),
                     Err(_) => tracing::info!("control: {peer}: TLS handshake timed out"),
@@ -270,7 +270,11 @@ mod tests {
         assert!(m.file_type().is_socket());
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
         assert_eq!(
-            std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
         assert!(matches!(bind_unix(&path), Err(ListenError::InUse { .. })));
@@ -283,7 +287,10 @@ mod tests {
         // Not a socket: refused, not deleted.
         let file = dir.path().join("file");
         std::fs::write(&file, b"keep").unwrap();
-        assert!(matches!(bind_unix(&file), Err(ListenError::NotASocket { .. })));
+        assert!(matches!(
+            bind_unix(&file),
+            Err(ListenError::NotASocket { .. })
+        ));
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     }
 }

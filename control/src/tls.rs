@@ -110,9 +110,10 @@ impl Pem {
 /// Server side: present `cert`/`key`, require a client certificate signed by `ca`.
 pub fn server_config(cert: &Pem, key: &Pem, ca: &Pem) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()?), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()?), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -124,10 +125,7 @@ pub fn server_config(cert: &Pem, key: &Pem, ca: &Pem) -> Result<ServerConfig, Tl
 }
 
 /// Client side: trust servers signed by `ca`, present `cert`/`key` when given.
-pub fn client_config(
-    ca: &Pem,
-    identity: Option<(&Pem, &Pem)>,
-) -> Result<ClientConfig, TlsError> {
+pub fn client_config(ca: &Pem, identity: Option<(&Pem, &Pem)>) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?

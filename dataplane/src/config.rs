@@ -4,6 +4,10 @@
 //! (`deny_unknown_fields`): a typo is an error naming the field, never a silently ignored
 //! setting. [`Config::validate`] then checks what serde cannot: references between sections
 //! (a worker's queue must exist), ranges, and that cores exist and are allowed.
+//!
+//! The file's `[dpdk]` section (the DPDK environment, see [`DpdkConfig`]) is carried in
+//! [`EngineConfig::dpdk`], so that port builders, which see the engine settings but not the
+//! whole file, can initialise the EAL from it; in the file it stays a top-level section.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -31,9 +35,9 @@ pub enum ConfigError {
     },
 }
 
-/// Whole configuration.
+/// Whole configuration. (De)serialized through [`ConfigFile`], the file's shape.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ConfigFile", into = "ConfigFile")]
 pub struct Config {
     /// Engine-wide settings. Default: see [`EngineConfig`].
     #[serde(default)]
@@ -51,6 +55,62 @@ pub struct Config {
     #[serde(default)]
     pub control: ControlConfig,
 }
+
+/// The configuration file as written: [`Config`] plus the top-level `[dpdk]` section, which
+/// [`Config`] keeps in `engine.dpdk`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+    #[serde(default)]
+    pub handlers: Vec<HandlerSpec>,
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// The DPDK environment. Default: see [`DpdkConfig`]. Printed (by `check-config`) when
+    /// the config has a DPDK port or sets something here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkConfig>,
+}
+
+impl From<ConfigFile> for Config {
+    fn from(f: ConfigFile) -> Config {
+        let mut engine = f.engine;
+        engine.dpdk = f.dpdk.unwrap_or_default();
+        Config {
+            engine,
+            ports: f.ports,
+            workers: f.workers,
+            handlers: f.handlers,
+            control: f.control,
+        }
+    }
+}
+
+impl From<Config> for ConfigFile {
+    fn from(c: Config) -> ConfigFile {
+        let mut engine = c.engine;
+        let dpdk = std::mem::take(&mut engine.dpdk);
+        let show = dpdk != DpdkConfig::default()
+            || c.ports.iter().any(|p| matches!(p, PortConfig::Dpdk(_)));
+        ConfigFile {
+            engine,
+            ports: c.ports,
+            workers: c.workers,
+            handlers: c.handlers,
+            control: c.control,
+            dpdk: show.then_some(dpdk),
+        }
+    }
+}
+
+/// Why a `kind = "dpdk"` port is refused by a build without the `dpdk` cargo feature.
+pub const DPDK_FEATURE_MISSING: &str = "`dpdk` ports need slipstream built with the `dpdk` \
+    cargo feature: rebuild with `cargo build --release --features dpdk` (needs DPDK >= 22.11: \
+    apt-get install libdpdk-dev dpdk, which scripts/setup does)";
 
 /// The default control socket: `/run` is where the FHS puts runtime sockets.
 pub const DEFAULT_CTL_SOCKET: &str = "/run/slipstream/ctl.sock";
@@ -149,6 +209,10 @@ pub struct EngineConfig {
     /// Try 2 MiB hugepages for frame memory (falls back to 4k pages with a warning).
     /// Default: true.
     pub hugepages: bool,
+    /// The file's `[dpdk]` section (not written under `[engine]`). Default: see
+    /// [`DpdkConfig`].
+    #[serde(skip)]
+    pub dpdk: DpdkConfig,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +226,65 @@ impl Default for EngineConfig {
             backoff_max_us: 200,
             stats_interval_ms: 1000,
             hugepages: true,
+            dpdk: DpdkConfig::default(),
+        }
+    }
+}
+
+/// `[dpdk]`: the DPDK environment (EAL), used when a port has `kind = "dpdk"`.
+///
+/// DPDK allows one EAL per process: the first engine with a DPDK port initialises it from
+/// its config, and later engines in the same process share it (a different `[dpdk]`
+/// section of theirs is then ignored, with one log line). Hugepages follow
+/// `engine.hugepages`: when true, the EAL uses 2 MiB hugepages if enough are free for the
+/// mempools, and otherwise runs with `--no-huge` after one warning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpdkConfig {
+    /// `--file-prefix`, the name of DPDK's runtime state. Default: none, which uses
+    /// `slipstream-<pid>`, unique per process, so two instances never share state.
+    pub file_prefix: Option<String>,
+    /// Keep no runtime files (and so no multi-process support): `--in-memory` with
+    /// hugepages, `--no-shconf` without (DPDK refuses `--in-memory` with `--no-huge`).
+    /// Default: true.
+    pub in_memory: bool,
+    /// Scan the PCI bus; false passes `--no-pci` (virtual devices only). Default: false.
+    pub pci: bool,
+    /// `-l`: the EAL's main lcore. The EAL pins the thread that initialises it to this core;
+    /// slipstream gives that thread its previous affinity back afterwards, and each worker
+    /// registers itself as an lcore of its own (for the mempool caches). Default: none,
+    /// which uses the first core of the allowed cpuset.
+    pub main_core: Option<u32>,
+    /// `-m` with `--no-huge`: MiB of ordinary memory for the EAL's heap. Default: 512
+    /// (the default mempool takes about 40).
+    pub memory_mb: u32,
+    /// mbufs in each mempool (one mempool per NUMA socket in use, shared by the ports on
+    /// it). Default: 16383 (2^14 - 1: a mempool's ring holds a power of two minus one).
+    pub mbufs: u32,
+    /// mbufs each lcore keeps in its mempool cache, at most 512. Default: 256.
+    pub mbuf_cache: u32,
+    /// `--log-level` of DPDK's own log (to stderr). Default: `notice`.
+    pub log_level: String,
+    /// Keep DPDK's telemetry socket; false passes `--no-telemetry`. Default: false.
+    pub telemetry: bool,
+    /// More EAL arguments, passed after slipstream's (for example `["-a",
+    /// "0000:01:00.0"]` with `pci = true`). Default: none.
+    pub args: Vec<String>,
+}
+
+impl Default for DpdkConfig {
+    fn default() -> Self {
+        DpdkConfig {
+            file_prefix: None,
+            in_memory: true,
+            pci: false,
+            main_core: None,
+            memory_mb: 512,
+            mbufs: 16383,
+            mbuf_cache: 256,
+            log_level: "notice".into(),
+            telemetry: false,
+            args: Vec::new(),
         }
     }
 }
@@ -176,6 +299,9 @@ pub enum PortConfig {
     Pcap(PcapPortConfig),
     /// AF_XDP sockets on a network interface, one per queue, steered by our XDP program.
     Afxdp(AfxdpPortConfig),
+    /// A DPDK ethdev (a NIC or a virtual device), with mbuf-backed frames. Needs slipstream
+    /// built with the `dpdk` cargo feature; the EAL is set up from `[dpdk]`.
+    Dpdk(DpdkPortConfig),
 }
 
 impl PortConfig {
@@ -185,8 +311,46 @@ impl PortConfig {
             PortConfig::Memory(m) => m.queues,
             PortConfig::Pcap(_) => 1,
             PortConfig::Afxdp(a) => a.queues,
+            PortConfig::Dpdk(d) => d.queues,
         }
     }
+}
+
+/// `kind = "dpdk"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkPortConfig {
+    /// The device, in DPDK's device-argument syntax. A virtual device with its options is
+    /// hot-plugged when the port is built and removed when it closes: `net_null0`,
+    /// `net_ring0`, `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`,
+    /// `net_af_packet0,iface=eth1`, `net_af_xdp0,iface=eth1`. Anything else names a device
+    /// the EAL probed at start-up (a PCI address such as `0000:01:00.0`, with `dpdk.pci =
+    /// true`). Relative `rx_pcap=`/`tx_pcap=` paths are taken relative to the config file.
+    /// Device names are unique per process. Required.
+    pub device: String,
+    /// Queue pairs (RX queue i and TX queue i form queue `pN:qi`). Default: 1.
+    #[serde(default = "one")]
+    pub queues: u16,
+    /// RX descriptors per queue. Default: 1024 (testpmd's default).
+    #[serde(default = "dpdk_desc")]
+    pub rx_desc: u16,
+    /// TX descriptors per queue. Default: 1024 (testpmd's default).
+    #[serde(default = "dpdk_desc")]
+    pub tx_desc: u16,
+    /// NUMA socket of the port's mempool. Default: none, which uses the device's socket,
+    /// or the main lcore's for devices without one (virtual devices).
+    #[serde(default)]
+    pub socket: Option<u32>,
+    /// Promiscuous mode. Default: true (an appliance takes every frame it is given).
+    #[serde(default = "yes")]
+    pub promiscuous: bool,
+}
+
+fn dpdk_desc() -> u16 {
+    1024
+}
+fn yes() -> bool {
+    true
 }
 
 /// Where generated packets are sent from the memory port.
@@ -468,6 +632,42 @@ impl Config {
                         }
                     }
                 }
+                PortConfig::Dpdk(d) => {
+                    if !cfg!(feature = "dpdk") {
+                        return Err(bad(format!("ports[{i}].kind"), DPDK_FEATURE_MISSING.into()));
+                    }
+                    let dev = d.device.split(',').next().unwrap_or_default();
+                    if dev.trim().is_empty() {
+                        return Err(bad(
+                            format!("ports[{i}].device"),
+                            "must name a device, for example `net_null0` or `0000:01:00.0`".into(),
+                        ));
+                    }
+                    if !(1..=256).contains(&d.queues) {
+                        return Err(bad(
+                            format!("ports[{i}].queues"),
+                            format!("{} is out of range 1..=256", d.queues),
+                        ));
+                    }
+                    for (name, v) in [("rx_desc", d.rx_desc), ("tx_desc", d.tx_desc)] {
+                        if !(32..=16384).contains(&v) {
+                            return Err(bad(
+                                format!("ports[{i}].{name}"),
+                                format!("{v} is out of range 32..=16384 (default 1024)"),
+                            ));
+                        }
+                    }
+                    let twin = self.ports[..i].iter().position(|p| match p {
+                        PortConfig::Dpdk(o) => o.device.split(',').next() == Some(dev),
+                        _ => false,
+                    });
+                    if let Some(j) = twin {
+                        return Err(bad(
+                            format!("ports[{i}].device"),
+                            format!("`{dev}` is already ports[{j}]: device names are unique"),
+                        ));
+                    }
+                }
                 PortConfig::Pcap(pc) => {
                     if let Some(f) = pc.frames {
                         if f < (e.burst * 2) as u32 {
@@ -479,6 +679,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.ports.iter().any(|p| matches!(p, PortConfig::Dpdk(_))) {
+            self.validate_dpdk(path)?;
         }
         if self.workers.is_empty() {
             return Err(bad(
@@ -554,14 +757,74 @@ impl Config {
             ));
         }
         if c.tcp.is_some() {
-            for (name, v) in [("tls_cert", &c.tls_cert), ("tls_key", &c.tls_key), ("tls_ca", &c.tls_ca)] {
+            for (name, v) in [
+                ("tls_cert", &c.tls_cert),
+                ("tls_key", &c.tls_key),
+                ("tls_ca", &c.tls_ca),
+            ] {
                 if v.is_none() {
                     return Err(bad(
                         format!("control.{name}"),
-                        "is required when control.tcp is set: TCP is served with mutual TLS only".into(),
+                        "is required when control.tcp is set: TCP is served with mutual TLS only"
+                            .into(),
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks `[dpdk]` against the DPDK ports.
+    fn validate_dpdk(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &str, msg: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: format!("dpdk.{field}"),
+            msg,
+        };
+        let d = &self.engine.dpdk;
+        if let Some(p) = &d.file_prefix {
+            if p.is_empty() || p.contains('/') || p.len() > 64 {
+                return Err(bad(
+                    "file_prefix",
+                    format!("`{p}` must be 1 to 64 characters without `/`"),
+                ));
+            }
+        }
+        if d.mbuf_cache > 512 {
+            return Err(bad(
+                "mbuf_cache",
+                format!("{} is above DPDK's limit of 512", d.mbuf_cache),
+            ));
+        }
+        // Every RX descriptor of every DPDK port may hold an mbuf, and each burst in flight
+        // needs its own; the mempool must cover at least that.
+        let rx: u32 = self
+            .ports
+            .iter()
+            .filter_map(|p| match p {
+                PortConfig::Dpdk(p) => Some(p.queues as u32 * p.rx_desc as u32),
+                _ => None,
+            })
+            .sum();
+        let need = rx + 4 * self.engine.burst as u32 + d.mbuf_cache * 3 / 2;
+        if d.mbufs < need {
+            return Err(bad(
+                "mbufs",
+                format!(
+                    "{} mbufs cannot fill the DPDK ports' RX rings ({rx} descriptors) with room \
+                     for bursts and a cache of {}: use at least {need}",
+                    d.mbufs, d.mbuf_cache
+                ),
+            ));
+        }
+        if d.memory_mb < 16 {
+            return Err(bad(
+                "memory_mb",
+                format!(
+                    "{} MiB is too little for the EAL (at least 16)",
+                    d.memory_mb
+                ),
+            ));
         }
         Ok(())
     }
@@ -573,5 +836,112 @@ impl Config {
             .iter()
             .filter_map(|q| q.parse().ok())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DPDK: &str = r#"
+[engine]
+hugepages = false
+
+[dpdk]
+file_prefix = "t1"
+mbufs = 4095
+
+[[ports]]
+kind = "dpdk"
+device = "net_null0"
+
+[[workers]]
+core = 0
+queues = ["p0:q0"]
+"#;
+
+    fn cores() -> BTreeSet<u32> {
+        [0].into_iter().collect()
+    }
+
+    #[test]
+    fn dpdk_section_lands_in_the_engine_config_and_prints_back() {
+        let cfg = Config::parse(DPDK, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.engine.dpdk.file_prefix.as_deref(), Some("t1"));
+        assert_eq!(cfg.engine.dpdk.mbufs, 4095);
+        assert_eq!(cfg.engine.dpdk.mbuf_cache, 256);
+        let PortConfig::Dpdk(p) = &cfg.ports[0] else {
+            panic!("not a dpdk port")
+        };
+        assert_eq!((p.queues, p.rx_desc, p.tx_desc), (1, 1024, 1024));
+        assert!(p.promiscuous);
+        let text = toml::to_string_pretty(&cfg).unwrap();
+        assert!(text.contains("[dpdk]"), "{text}");
+        assert!(!text.contains("[engine.dpdk]"), "{text}");
+        assert_eq!(Config::parse(&text, Path::new("t.toml")).unwrap(), cfg);
+    }
+
+    #[test]
+    fn configs_without_dpdk_print_no_dpdk_section() {
+        let text = DPDK
+            .replace(
+                "kind = \"dpdk\"\ndevice = \"net_null0\"",
+                "kind = \"memory\"",
+            )
+            .replace("[dpdk]\nfile_prefix = \"t1\"\nmbufs = 4095\n", "");
+        let cfg = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let out = toml::to_string_pretty(&cfg).unwrap();
+        assert!(!out.contains("dpdk"), "{out}");
+    }
+
+    #[test]
+    fn dpdk_typos_are_errors() {
+        let e = Config::parse(&DPDK.replace("mbufs =", "mbuf ="), Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mbuf"), "{e}");
+        let e = Config::parse(
+            &DPDK.replace(
+                "device = \"net_null0\"",
+                "device = \"net_null0\"\nqueue = 2",
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("queue"), "{e}");
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn dpdk_ports_are_refused_without_the_feature() {
+        let cfg = Config::parse(DPDK, Path::new("t.toml")).unwrap();
+        let e = cfg
+            .validate(Path::new("t.toml"), &cores())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ports[0].kind"), "{e}");
+        assert!(e.contains("`dpdk` cargo feature"), "{e}");
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn dpdk_settings_are_checked() {
+        let cfg = Config::parse(DPDK, Path::new("t.toml")).unwrap();
+        cfg.validate(Path::new("t.toml"), &cores()).unwrap();
+        let small = Config::parse(&DPDK.replace("4095", "1000"), Path::new("t.toml")).unwrap();
+        let e = small
+            .validate(Path::new("t.toml"), &cores())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dpdk.mbufs"), "{e}");
+        let twice =
+            format!("{DPDK}\n[[ports]]\nkind = \"dpdk\"\ndevice = \"net_null0,size=128\"\n");
+        let cfg = Config::parse(&twice, Path::new("t.toml")).unwrap();
+        let e = cfg
+            .validate(Path::new("t.toml"), &cores())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ports[1].device"), "{e}");
     }
 }

@@ -1266,5 +1266,12 @@ pub fn build_port(
             Ok(crate::port::Pcap::new(id, &opts)?)
         }
         PortConfig::Afxdp(a) => Ok(crate::port::afxdp::Afxdp::new(id, a, engine)?),
+        #[cfg(feature = "dpdk")]
+        PortConfig::Dpdk(d) => Ok(crate::port::dpdk::Dpdk::new(id, d, engine, base_dir)?),
+        #[cfg(not(feature = "dpdk"))]
+        PortConfig::Dpdk(_) => Err(EngineError::Port(PortError::Config {
+            port: id,
+            msg: crate::config::DPDK_FEATURE_MISSING.into(),
+        })),
     }
 }

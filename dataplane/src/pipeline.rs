@@ -46,11 +46,23 @@ pub enum DropReason {
     NoBuffer,
     /// The slow path queue was full.
     SlowPathFull,
+    /// `lb`: IPv4 packet with options (IHL != 5), outer or embedded in an ICMP error (Katran
+    /// does not balance them).
+    LbIpOptions,
+    /// `lb`: IPv4 fragment or IPv6 fragment header (no reassembly, so no ports to hash).
+    LbFragment,
+    /// `lb`: frame to a VIP larger than 1514 bytes (plus a VLAN tag): encapsulated it would
+    /// exceed the next hop's MTU.
+    LbTooBig,
+    /// `lb`: the VIP has no real to send the packet to (empty ring, no usable entry).
+    LbNoReal,
+    /// `lb`: not enough headroom in the frame for the outer header.
+    LbNoHeadroom,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadIhl,
@@ -65,6 +77,11 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::NoBuffer,
         DropReason::SlowPathFull,
+        DropReason::LbIpOptions,
+        DropReason::LbFragment,
+        DropReason::LbTooBig,
+        DropReason::LbNoReal,
+        DropReason::LbNoHeadroom,
     ];
     /// Number of reasons (size of counter arrays).
     pub const COUNT: usize = Self::ALL.len();
@@ -86,6 +103,11 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::NoBuffer => "no_buffer",
             DropReason::SlowPathFull => "slow_path_full",
+            DropReason::LbIpOptions => "lb_ip_options",
+            DropReason::LbFragment => "lb_fragment",
+            DropReason::LbTooBig => "lb_too_big",
+            DropReason::LbNoReal => "lb_no_real",
+            DropReason::LbNoHeadroom => "lb_no_headroom",
         }
     }
 

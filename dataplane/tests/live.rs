@@ -127,11 +127,11 @@ fn queue_moves_worker_changes_and_handler_swaps_lose_nothing() {
         // A new worker takes a queue, then leaves; its queue moves back automatically.
         let w = engine.add_worker(None, &[q((round + 1) % QUEUES)]).unwrap();
         assert!(w.0 >= 2);
-        if round % 2 == 0 {
+        if round & 1 == 0 {
             engine
                 .set_handlers(
                     None,
-                    if round % 4 == 0 {
+                    if round & 3 == 0 {
                         macswap()
                     } else {
                         udp_echo()
@@ -139,7 +139,7 @@ fn queue_moves_worker_changes_and_handler_swaps_lose_nothing() {
                 )
                 .unwrap();
         } else {
-            let idle = if round % 4 == 1 {
+            let idle = if round & 3 == 1 {
                 Idle::Backoff
             } else {
                 Idle::BusyPoll
@@ -273,9 +273,7 @@ fn pipeline_mode_workers_come_and_go_without_loss() {
             rounds += 1;
         }
         engine.remove_worker(w).unwrap();
-        engine
-            .assign(q(i % 2), WorkerId((i / 2 % 2) as u16))
-            .unwrap();
+        engine.assign(q(i % 2), WorkerId(i / 2 % 2)).unwrap();
     }
     assert!(rounds >= 10, "only {rounds} rounds under load");
     let report = engine.run_to_end(Duration::from_secs(120)).unwrap();

@@ -5,7 +5,7 @@
 //! - [`privileged`] / [`setup_failed`]: not root or a setup step failed is a loud `*** SKIP`
 //!   on stderr, or a failure under `CI=true` (STYLE.md, "Tests").
 //! - [`Lab`]: `scripts/lab up` with a prefix unique to the process and test, torn down by
-//!   `Drop` (so also when the test panics), and made ready for kernel UDP clients.
+//!   `Drop` (so also when the test panics).
 //! - [`Netns`] / [`in_netns`]: move a thread into a namespace with setns(2). A socket keeps
 //!   the namespace it was made in, so sockets made in the peer namespace by a short-lived
 //!   thread are used from the test thread afterwards.
@@ -130,15 +130,17 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Brings a lab up with `queues` queues per veth end. The prefix is
-    /// `ssT<pid % 1000><tag><n>` (at most 13 characters): unique per test process and
-    /// test, so that test binaries and tests can run side by side.
+    /// Brings a lab up with `queues` queues per veth end. The prefix is `ssT<pid><tag><n>`
+    /// (at most 12 characters): unique per test process and test, so that test binaries
+    /// and tests can run side by side.
     pub fn up(tag: char, queues: u16) -> Result<Lab, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        // The whole pid (at most 7 digits), so that no other live process can have the same
+        // prefix: `down` below must only ever remove leftovers of a dead one.
         let prefix = format!(
-            "ssT{:03}{tag}{}",
-            std::process::id() % 1000,
-            NEXT.fetch_add(1, Ordering::Relaxed) % 100
+            "ssT{}{tag}{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed) % 10
         );
         // The guard exists before anything is made, so a half-made lab is removed too.
         let lab = Lab {
@@ -149,7 +151,7 @@ impl Lab {
             prefix,
             queues,
         };
-        // Leftovers of a killed earlier run whose pid matched ours modulo 1000.
+        // Leftovers of a killed earlier run that had our pid.
         lab.script("down")?;
         let out = lab.script("up")?;
         for (key, want) in [("APP_IF", &lab.app_if), ("PEER_IF", &lab.peer_if)] {
@@ -157,13 +159,6 @@ impl Lab {
                 return Err(format!("scripts/lab up did not print {key}={want}:\n{out}"));
             }
         }
-        // A kernel UDP socket leaves the checksum to the device (CHECKSUM_PARTIAL, veth
-        // advertises checksum offload), so on the wire of a veth the UDP checksum field
-        // holds only the pseudo-header sum. The XDP program hands those bytes to AF_XDP as
-        // they are, udp-echo returns them, and the peer kernel drops every reply as
-        // corrupt (UdpInCsumErrors). A real NIC's peer always sees complete checksums: make
-        // the peer compute them in software. (`scripts/lab` should do this; see the report.)
-        lab.exec(&lab.peer_ns, &["ethtool", "-K", &lab.peer_if, "tx", "off"])?;
         Ok(lab)
     }
 
@@ -203,9 +198,7 @@ impl Lab {
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
         for (ns, dev) in [(&self.app_ns, &self.app_if), (&self.peer_ns, &self.peer_if)] {
-            let stats = self
-                .exec(ns, &["ethtool", "-S", dev])
-                .unwrap_or_else(|e| e);
+            let stats = self.exec(ns, &["ethtool", "-S", dev]).unwrap_or_else(|e| e);
             let nonzero: Vec<&str> = stats
                 .lines()
                 .map(str::trim)

@@ -13,6 +13,7 @@
 
 pub mod arp;
 pub mod icmp;
+pub mod lb;
 pub mod macswap;
 mod rewrite;
 pub mod udp_echo;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use arp::Arp;
 pub use icmp::Icmp;
+pub use lb::{Lb, LbSpec};
 pub use macswap::Macswap;
 pub use udp_echo::UdpEcho;
 
@@ -44,6 +46,8 @@ pub enum Spec {
     Arp(ArpSpec),
     /// Answers ICMPv4/ICMPv6 echo requests to the appliance's addresses.
     Icmp(IcmpSpec),
+    /// Katran-compatible Maglev L4 load balancer (see [`lb`]).
+    Lb(LbSpec),
 }
 
 /// `kind = "macswap"`: no settings.
@@ -91,6 +95,7 @@ impl Spec {
             Spec::UdpEcho(_) => "udp-echo",
             Spec::Arp(_) => "arp",
             Spec::Icmp(_) => "icmp",
+            Spec::Lb(_) => "lb",
         }
     }
 
@@ -148,6 +153,7 @@ impl Spec {
                 }
                 Ok(())
             }
+            Spec::Lb(s) => s.validate(),
         }
     }
 
@@ -161,6 +167,9 @@ impl Spec {
             Spec::UdpEcho(s) => Box::new(UdpEcho::new(s.port)),
             Spec::Arp(s) => Box::new(Arp::new(s.mac, s.addresses.clone())),
             Spec::Icmp(s) => Box::new(Icmp::new(&s.addresses)),
+            // Every worker's instance shares the spec's live state (rings, versions) and
+            // keeps its own connection table.
+            Spec::Lb(s) => Box::new(Lb::new(&s.control())),
         }
     }
 }

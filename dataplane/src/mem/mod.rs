@@ -9,5 +9,7 @@
 mod pool;
 mod region;
 
-pub use pool::{Cache, Frame, FramePool, LeakError, PoolError, PoolId, HEADROOM};
+pub use pool::{
+    Cache, Frame, FramePool, FrameSource, LeakError, PoolError, PoolId, HEADROOM, SOURCE_INDEX,
+};
 pub use region::{Backing, Options, Region, RegionError, HUGE_PAGE};

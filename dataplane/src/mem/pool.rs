@@ -5,9 +5,23 @@
 //! (like DPDK's per-lcore mempool cache): a plain `Vec` refilled and spilled in bursts, so
 //! the common path touches no shared cache line. Rejected: a mutex-protected stack (a lock
 //! per burst on the hot path) and per-frame reference counts (an atomic per packet).
+//!
+//! A pool can also front memory that another allocator owns and recycles (a DPDK mempool,
+//! whose mbufs the PMDs allocate and free themselves): a [`FrameSource`]. Such a pool has no
+//! free list of its own; [`FramePool`] and [`Cache`] hand allocation and release to the
+//! source in bursts (the cache stashes buffer pointers instead of indices), behind one
+//! predictable branch on the index-pool path. Frames of a source are addressed by buffer
+//! pointer, not by index, so their buffers need not be equally spaced (mbufs sit between
+//! headers, and a mempool may span several memory chunks). Accounting is per pool: every
+//! owner keeps a local count of the source frames it created and consumed and adds it to the
+//! pool's `outstanding` counter when it flushes, so the hot path touches no shared counter
+//! and [`FramePool::verify`] can still say how many frames a port never gave back, even when
+//! several ports share one source. Rejected: a stride field giving source buffers an index
+//! (it would tie us to a single contiguous mempool chunk and to one object layout).
 
 use std::fmt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -124,7 +138,8 @@ impl Frame {
         self.pool
     }
 
-    /// Index of the frame within its pool (its offset is `index * frame_size`).
+    /// Index of the frame within its pool (its offset is `index * frame_size`);
+    /// [`SOURCE_INDEX`] for frames of a [`FrameSource`], which have no index.
     #[inline]
     pub fn index(&self) -> u32 {
         self.index
@@ -171,6 +186,20 @@ impl Frame {
     #[inline]
     pub(crate) fn into_raw(self) -> (u32, u16, u16) {
         (self.index, self.head, self.len)
+    }
+
+    /// Gives up the token of a [`FrameSource`] frame, returning (buffer, head, len), for a
+    /// frame handed to a device. The device returns the buffer to the source itself; the
+    /// caller accounts for the frame with [`FramePool::add_outstanding`].
+    #[inline]
+    pub(crate) fn into_buffer(self) -> (NonNull<u8>, u16, u16) {
+        (self.base, self.head, self.len)
+    }
+
+    /// Start of the frame's buffer (headroom included).
+    #[inline]
+    pub(crate) fn buffer(&self) -> NonNull<u8> {
+        self.base
     }
 
     /// Moves the packet so that it starts `head` bytes into the frame (devices that can
@@ -221,8 +250,47 @@ pub struct LeakError {
     pub missing: u32,
 }
 
-/// Memory behind a pool: our own region, or memory another component owns (an AF_XDP
-/// UMEM mapped by xsk-rs), kept alive by an opaque owner value.
+/// [`Frame::index`] of frames that belong to a [`FrameSource`].
+pub const SOURCE_INDEX: u32 = u32::MAX;
+
+/// An allocator that owns frame buffers and recycles them itself (a DPDK mempool): a
+/// [`FramePool`] built with [`FramePool::from_source`] hands it every allocation and release.
+///
+/// Buffers are identified by their start address (headroom included); each is
+/// `frame_size()` bytes long, and a freshly allocated one holds its packet from
+/// `headroom()` on.
+///
+/// # Safety
+/// Implementations must guarantee that a buffer returned by `alloc_bulk` is `frame_size()`
+/// bytes of readable and writable memory that nothing else uses until it is given back with
+/// `free_bulk` (or handed to a device that gives it back), and that buffers stay mapped as
+/// long as the source is alive.
+pub unsafe trait FrameSource: Send + Sync + fmt::Debug {
+    /// Bytes per buffer: headroom plus the most packet bytes.
+    fn frame_size(&self) -> u16;
+    /// Where a freshly allocated buffer's packet starts.
+    fn headroom(&self) -> u16;
+    /// Buffers the source holds in all.
+    fn total(&self) -> u32;
+    /// Buffers free in the source now (its own caches included).
+    fn available(&self) -> u32;
+    /// Pages behind the buffers.
+    fn backing(&self) -> Backing;
+    /// Appends up to `n` buffers to `out` (which has the capacity) and returns how many. May
+    /// return 0 while buffers are free (bulk sources give all or nothing); callers retry
+    /// with fewer.
+    fn alloc_bulk(&self, out: &mut Vec<NonNull<u8>>, n: usize) -> usize;
+    /// Gives buffers back.
+    ///
+    /// # Safety
+    /// Each buffer must have come from this source (from `alloc_bulk` or a device that
+    /// allocates from it) and be owned by the caller, with no reference left to it.
+    unsafe fn free_bulk(&self, buffers: &[NonNull<u8>]);
+}
+
+/// Memory behind a pool: our own region, memory another component owns (an AF_XDP UMEM
+/// mapped by xsk-rs) kept alive by an opaque owner value, or buffers a [`FrameSource`]
+/// manages.
 enum Memory {
     Owned(std::mem::ManuallyDrop<Region>),
     External {
@@ -230,6 +298,7 @@ enum Memory {
         backing: Backing,
         owner: std::mem::ManuallyDrop<Box<dyn std::any::Any + Send + Sync>>,
     },
+    Source,
 }
 
 impl Memory {
@@ -237,13 +306,7 @@ impl Memory {
         match self {
             Memory::Owned(r) => r.as_ptr(),
             Memory::External { base, .. } => base.as_ptr(),
-        }
-    }
-
-    fn backing(&self) -> Backing {
-        match self {
-            Memory::Owned(r) => r.backing(),
-            Memory::External { backing, .. } => *backing,
+            Memory::Source => std::ptr::null_mut(),
         }
     }
 }
@@ -256,10 +319,15 @@ pub struct FramePool {
     frame_size: u16,
     count: u32,
     free: ArrayQueue<u32>,
+    /// Set for pools over a [`FrameSource`]; `free` is then unused.
+    source: Option<Arc<dyn FrameSource>>,
+    /// Source pools: frames created minus frames given back, as published by their owners
+    /// (see the module doc). 0 at a clean stop.
+    outstanding: AtomicI64,
 }
 
 // SAFETY: the memory is only reached through Frames, each the unique owner of its bytes;
-// the external owner value is Send + Sync itself.
+// the external owner value and the source are Send + Sync themselves.
 unsafe impl Send for FramePool {}
 // SAFETY: as above; shared access only touches the lock-free free list.
 unsafe impl Sync for FramePool {}
@@ -271,8 +339,9 @@ impl fmt::Debug for FramePool {
             .field("name", &self.name)
             .field("frames", &self.count)
             .field("frame_size", &self.frame_size)
-            .field("free", &self.free.len())
-            .field("backing", &self.memory.backing())
+            .field("free", &self.available())
+            .field("backing", &self.backing())
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -323,7 +392,85 @@ impl FramePool {
             frame_size,
             count,
             free,
+            source: None,
+            outstanding: AtomicI64::new(0),
         }))
+    }
+
+    /// Builds a pool whose frames live in, and go back to, `source` (a DPDK mempool).
+    /// Several pools may share one source; each accounts for its own frames.
+    pub fn from_source(
+        id: PoolId,
+        name: impl Into<String>,
+        source: Arc<dyn FrameSource>,
+    ) -> Result<Arc<FramePool>, PoolError> {
+        let count = source.total();
+        if count == 0 {
+            return Err(PoolError::Count {
+                got: 0,
+                max: u32::MAX,
+            });
+        }
+        if source.frame_size() < 2 * HEADROOM.min(source.frame_size() / 2) {
+            return Err(PoolError::FrameSize(source.frame_size() as u32));
+        }
+        Ok(Arc::new(FramePool {
+            id,
+            name: name.into(),
+            memory: Memory::Source,
+            frame_size: source.frame_size(),
+            count,
+            // Unused for source pools; ArrayQueue needs a capacity of at least one.
+            free: ArrayQueue::new(1),
+            source: Some(source),
+            outstanding: AtomicI64::new(0),
+        }))
+    }
+
+    /// The source behind the pool, if it has one.
+    pub fn source(&self) -> Option<&Arc<dyn FrameSource>> {
+        self.source.as_ref()
+    }
+
+    /// Source pools: adds `delta` to the frames counted as out of the source (frames a
+    /// device handed over become tokens: positive; tokens handed to a device: negative).
+    /// Owners call this once per flush, not per frame.
+    pub(crate) fn add_outstanding(&self, delta: i64) {
+        if delta != 0 {
+            self.outstanding.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Source pools: frames currently out of the source as far as published (see
+    /// [`FramePool::add_outstanding`]); 0 for index pools.
+    pub fn outstanding(&self) -> i64 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Rebuilds the token of a source frame a device handed over. The caller accounts for it
+    /// with [`FramePool::add_outstanding`].
+    ///
+    /// # Safety
+    /// `buffer` must be a buffer of this pool's source that the caller owns exclusively,
+    /// and `head + len` must not exceed the source's frame size.
+    #[inline]
+    pub(crate) unsafe fn frame_from_buffer(
+        &self,
+        buffer: NonNull<u8>,
+        head: u16,
+        len: u16,
+    ) -> Frame {
+        debug_assert!(self.source.is_some());
+        debug_assert!(head as usize + len as usize <= self.frame_size as usize);
+        Frame {
+            base: buffer,
+            index: SOURCE_INDEX,
+            pool: self.id,
+            capacity: self.frame_size,
+            head,
+            len,
+            meta: Meta::default(),
+        }
     }
 
     /// The pool's index.
@@ -346,14 +493,23 @@ impl FramePool {
         self.count
     }
 
-    /// Frames on the shared free list (frames held in caches count as in use here).
+    /// Frames on the shared free list (frames held in caches count as in use here). For a
+    /// source pool: the source's free buffers, which other pools sharing it also draw on.
     pub fn available(&self) -> u32 {
-        self.free.len() as u32
+        match &self.source {
+            Some(s) => s.available(),
+            None => self.free.len() as u32,
+        }
     }
 
     /// Pages backing the pool.
     pub fn backing(&self) -> Backing {
-        self.memory.backing()
+        match (&self.memory, &self.source) {
+            (Memory::Owned(r), _) => r.backing(),
+            (Memory::External { backing, .. }, _) => *backing,
+            (Memory::Source, Some(s)) => s.backing(),
+            (Memory::Source, None) => Backing::Normal,
+        }
     }
 
     /// Builds a pool over memory someone else mapped (an AF_XDP UMEM). All frames start on
@@ -397,10 +553,13 @@ impl FramePool {
             frame_size: frame_size as u16,
             count,
             free,
+            source: None,
+            outstanding: AtomicI64::new(0),
         }))
     }
 
-    /// Base address of the pool's memory (frame `i` starts at `base + i * frame_size`).
+    /// Base address of the pool's memory (frame `i` starts at `base + i * frame_size`); null
+    /// for a source pool, whose buffers need not be contiguous.
     pub fn base(&self) -> *mut u8 {
         self.memory.base()
     }
@@ -463,7 +622,20 @@ impl FramePool {
     /// Takes one frame from the free list; `None` when the pool is exhausted.
     #[inline]
     pub fn alloc(&self) -> Option<Frame> {
+        if let Some(src) = &self.source {
+            return self.alloc_from(src.as_ref());
+        }
         self.free.pop().map(|i| self.frame(i))
+    }
+
+    fn alloc_from(&self, src: &dyn FrameSource) -> Option<Frame> {
+        let mut one = Vec::with_capacity(1);
+        if src.alloc_bulk(&mut one, 1) == 0 {
+            return None;
+        }
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the source just handed this buffer over; its headroom lies inside it.
+        Some(unsafe { self.frame_from_buffer(one[0], src.headroom(), 0) })
     }
 
     /// Returns a frame to the free list.
@@ -474,12 +646,34 @@ impl FramePool {
     #[inline]
     pub fn free(&self, frame: Frame) {
         assert_eq!(frame.pool, self.id, "frame freed to the wrong pool");
+        if let Some(src) = &self.source {
+            // SAFETY: the token proves exclusive ownership of a buffer of this source (only
+            // `frame_from_buffer` and `alloc` make source-pool tokens).
+            unsafe { src.free_bulk(&[frame.base]) };
+            self.outstanding.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         // Cannot fail: there are never more than `count` indices in circulation.
         let _ = self.free.push(frame.index);
     }
 
-    /// Checks that every frame is back on the free list.
+    /// Checks that every frame is back on the free list (for a source pool: that every
+    /// frame this pool handed out has been given back, as published by its owners).
     pub fn verify(&self) -> Result<(), LeakError> {
+        if self.source.is_some() {
+            let out = self.outstanding();
+            return if out == 0 {
+                Ok(())
+            } else {
+                Err(LeakError {
+                    pool: self.id,
+                    name: self.name.clone(),
+                    total: self.count,
+                    free: self.available(),
+                    missing: out.clamp(i64::from(u32::MIN), i64::from(u32::MAX)) as u32,
+                })
+            };
+        }
         let free = self.available();
         if free == self.count {
             Ok(())
@@ -497,6 +691,19 @@ impl FramePool {
 
 impl Drop for FramePool {
     fn drop(&mut self) {
+        if let Some(src) = self.source.take() {
+            let out = self.outstanding();
+            if out != 0 {
+                // Frames may still point into the source: keep it alive for good.
+                tracing::error!(
+                    "{} ({}): {out} frames still out of the source at drop; leaving it allocated",
+                    self.id,
+                    self.name
+                );
+                std::mem::forget(src);
+            }
+            return;
+        }
         if self.free.len() as u32 == self.count {
             // SAFETY: every frame is back on the free list, so no Frame points into the
             // memory any more and it can be released; `memory` is not used after this.
@@ -504,6 +711,7 @@ impl Drop for FramePool {
                 match &mut self.memory {
                     Memory::Owned(r) => std::mem::ManuallyDrop::drop(r),
                     Memory::External { owner, .. } => std::mem::ManuallyDrop::drop(owner),
+                    Memory::Source => {}
                 }
             }
         } else {
@@ -527,25 +735,53 @@ pub struct Cache {
     pool: Arc<FramePool>,
     stash: Vec<u32>,
     burst: usize,
+    /// For a source pool: its stash of buffers (`stash` is then unused).
+    ext: Option<Box<SourceStash>>,
+}
+
+/// A cache's stash in front of a [`FrameSource`].
+struct SourceStash {
+    source: Arc<dyn FrameSource>,
+    buffers: Vec<NonNull<u8>>,
+    /// Frames handed out minus frames taken back since the last flush.
+    delta: i64,
 }
 
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
             .field("pool", &self.pool.id)
-            .field("stash", &self.stash.len())
+            .field(
+                "stash",
+                &self
+                    .ext
+                    .as_ref()
+                    .map_or(self.stash.len(), |x| x.buffers.len()),
+            )
             .finish()
     }
 }
+
+// SAFETY: the stashed buffers are free buffers owned by this cache alone (like the stashed
+// indices); the source is Send + Sync.
+unsafe impl Send for SourceStash {}
 
 impl Cache {
     /// A cache that moves `burst` frames at a time to and from the shared list.
     pub fn new(pool: Arc<FramePool>, burst: usize) -> Cache {
         let burst = burst.max(1);
+        let ext = pool.source.clone().map(|source| {
+            Box::new(SourceStash {
+                source,
+                buffers: Vec::with_capacity(burst * 2),
+                delta: 0,
+            })
+        });
         Cache {
+            stash: Vec::with_capacity(if ext.is_some() { 0 } else { burst * 2 }),
             pool,
-            stash: Vec::with_capacity(burst * 2),
             burst,
+            ext,
         }
     }
 
@@ -557,6 +793,9 @@ impl Cache {
     /// Takes a frame; `None` when both the cache and the pool are empty.
     #[inline]
     pub fn alloc(&mut self) -> Option<Frame> {
+        if let Some(x) = self.ext.as_deref_mut() {
+            return x.alloc(&self.pool, self.burst);
+        }
         if self.stash.is_empty() {
             for _ in 0..self.burst {
                 match self.pool.free.pop() {
@@ -575,6 +814,10 @@ impl Cache {
     #[inline]
     pub fn free(&mut self, frame: Frame) {
         assert_eq!(frame.pool, self.pool.id, "frame freed to the wrong pool");
+        if let Some(x) = self.ext.as_deref_mut() {
+            x.free(frame, self.burst);
+            return;
+        }
         if self.stash.len() == self.stash.capacity() {
             self.spill(self.burst);
         }
@@ -582,6 +825,10 @@ impl Cache {
     }
 
     fn spill(&mut self, n: usize) {
+        if let Some(x) = self.ext.as_deref_mut() {
+            x.spill(n);
+            return;
+        }
         for _ in 0..n.min(self.stash.len()) {
             if let Some(i) = self.stash.pop() {
                 let _ = self.pool.free.push(i);
@@ -589,9 +836,51 @@ impl Cache {
         }
     }
 
-    /// Returns every cached frame to the pool.
+    /// Returns every cached frame to the pool (and, for a source pool, publishes this
+    /// cache's frame count to the pool's accounting).
     pub fn flush(&mut self) {
+        if let Some(x) = self.ext.as_deref_mut() {
+            x.spill(x.buffers.len());
+            self.pool.add_outstanding(std::mem::take(&mut x.delta));
+            return;
+        }
         self.spill(self.stash.len());
+    }
+}
+
+impl SourceStash {
+    #[inline]
+    fn alloc(&mut self, pool: &FramePool, burst: usize) -> Option<Frame> {
+        if self.buffers.is_empty() && self.source.alloc_bulk(&mut self.buffers, burst) == 0 {
+            // Bulk sources give all or nothing: the pool may still have a few.
+            self.source.alloc_bulk(&mut self.buffers, 1);
+        }
+        let b = self.buffers.pop()?;
+        self.delta += 1;
+        // SAFETY: a stashed buffer is a free buffer of this source owned by the cache; the
+        // source's headroom lies inside it.
+        Some(unsafe { pool.frame_from_buffer(b, self.source.headroom(), 0) })
+    }
+
+    #[inline]
+    fn free(&mut self, frame: Frame, burst: usize) {
+        if self.buffers.len() == self.buffers.capacity() {
+            self.spill(burst);
+        }
+        self.delta -= 1;
+        self.buffers.push(frame.base);
+    }
+
+    fn spill(&mut self, n: usize) {
+        let n = n.min(self.buffers.len());
+        if n == 0 {
+            return;
+        }
+        let from = self.buffers.len() - n;
+        // SAFETY: stashed buffers are free buffers of this source owned by the cache alone;
+        // they leave the stash right after.
+        unsafe { self.source.free_bulk(&self.buffers[from..]) };
+        self.buffers.truncate(from);
     }
 }
 
@@ -735,5 +1024,145 @@ mod tests {
             FramePool::new(PoolId(0), "x", 0, 2048, o),
             Err(PoolError::Count { .. })
         ));
+    }
+
+    /// A heap-backed stand-in for a DPDK mempool: `n` boxed buffers on a locked free list,
+    /// all-or-nothing bulk allocation.
+    #[derive(Debug)]
+    struct FakeSource {
+        buffers: Vec<Box<[u8]>>,
+        free: std::sync::Mutex<Vec<NonNull<u8>>>,
+    }
+
+    // SAFETY: buffers are handed out at most once (free list under a lock) and live as long
+    // as the source.
+    unsafe impl FrameSource for FakeSource {
+        fn frame_size(&self) -> u16 {
+            1024
+        }
+        fn headroom(&self) -> u16 {
+            128
+        }
+        fn total(&self) -> u32 {
+            self.buffers.len() as u32
+        }
+        fn available(&self) -> u32 {
+            self.free.lock().unwrap().len() as u32
+        }
+        fn backing(&self) -> Backing {
+            Backing::Normal
+        }
+        fn alloc_bulk(&self, out: &mut Vec<NonNull<u8>>, n: usize) -> usize {
+            let mut free = self.free.lock().unwrap();
+            if free.len() < n {
+                return 0;
+            }
+            let at = free.len() - n;
+            out.extend(free.drain(at..));
+            n
+        }
+        unsafe fn free_bulk(&self, buffers: &[NonNull<u8>]) {
+            let mut free = self.free.lock().unwrap();
+            for b in buffers {
+                assert!(!free.contains(b), "double free");
+                free.push(*b);
+            }
+        }
+    }
+
+    // SAFETY: see FakeSource (Send + Sync are needed by FrameSource).
+    unsafe impl Send for FakeSource {}
+    // SAFETY: the free list is behind a mutex.
+    unsafe impl Sync for FakeSource {}
+
+    fn fake(n: usize) -> Arc<FakeSource> {
+        let mut buffers: Vec<Box<[u8]>> =
+            (0..n).map(|_| vec![0u8; 1024].into_boxed_slice()).collect();
+        let free = buffers
+            .iter_mut()
+            .map(|b| NonNull::new(b.as_mut_ptr()).unwrap())
+            .collect();
+        Arc::new(FakeSource {
+            buffers,
+            free: std::sync::Mutex::new(free),
+        })
+    }
+
+    #[test]
+    fn source_pool_delegates_and_accounts() {
+        let src = fake(8);
+        let p = FramePool::from_source(PoolId(3), "src", src.clone()).unwrap();
+        assert_eq!(p.total(), 8);
+        assert_eq!(p.frame_size(), 1024);
+        assert!(p.base().is_null());
+        let mut frames: Vec<Frame> = (0..8).map(|_| p.alloc().unwrap()).collect();
+        assert!(p.alloc().is_none());
+        assert_eq!(src.available(), 0);
+        assert_eq!(frames[0].index(), SOURCE_INDEX);
+        assert_eq!(frames[0].headroom(), 128);
+        assert!(frames[0].try_fill(b"hello"));
+        assert_eq!(frames[0].data(), b"hello");
+        assert!(!frames[1].try_fill(&[0u8; 1024]));
+        let err = p.verify().unwrap_err();
+        assert_eq!(err.missing, 8);
+        for f in frames.drain(..) {
+            p.free(f);
+        }
+        p.verify().unwrap();
+        assert_eq!(src.available(), 8);
+    }
+
+    #[test]
+    fn source_cache_spills_in_bursts_and_publishes_on_flush() {
+        let src = fake(32);
+        let p = FramePool::from_source(PoolId(0), "src", src.clone()).unwrap();
+        let mut c = Cache::new(p.clone(), 4);
+        let f = c.alloc().unwrap();
+        // One burst came from the source; the cache keeps the rest.
+        assert_eq!(src.available(), 28);
+        c.free(f);
+        assert_eq!(src.available(), 28);
+        let frames: Vec<Frame> = (0..32).map(|_| c.alloc().unwrap()).collect();
+        assert!(c.alloc().is_none());
+        // Not published yet: the pool only learns at a flush.
+        assert_eq!(p.outstanding(), 0);
+        c.flush();
+        assert_eq!(p.outstanding(), 32);
+        for f in frames {
+            c.free(f);
+        }
+        assert!(src.available() >= 24);
+        drop(c);
+        assert_eq!(src.available(), 32);
+        p.verify().unwrap();
+    }
+
+    #[test]
+    fn source_frames_cross_a_device_with_exact_accounting() {
+        let src = fake(4);
+        let p = FramePool::from_source(PoolId(0), "src", src.clone()).unwrap();
+        let mut f = p.alloc().unwrap();
+        assert!(f.try_fill(&[7; 60]));
+        let (buf, head, len) = f.into_buffer();
+        // The "device" owns it now: the pool counts it as given back.
+        p.add_outstanding(-1);
+        p.verify().unwrap();
+        // SAFETY: the buffer came back from the "device" and nobody else holds it.
+        let g = unsafe { p.frame_from_buffer(buf, head, len) };
+        p.add_outstanding(1);
+        assert_eq!(g.data(), &[7; 60]);
+        assert!(p.verify().is_err());
+        p.free(g);
+        p.verify().unwrap();
+        assert_eq!(src.available(), 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "wrong pool")]
+    fn source_frames_are_refused_by_another_pool() {
+        let a = FramePool::from_source(PoolId(0), "a", fake(1)).unwrap();
+        let b = FramePool::from_source(PoolId(1), "b", fake(1)).unwrap();
+        let f = a.alloc().unwrap();
+        b.free(f);
     }
 }

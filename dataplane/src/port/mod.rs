@@ -17,6 +17,8 @@ use crate::packet::{PortId, QueueId};
 use crate::stats::{Padded, QueueCounters, QueueSnapshot};
 
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod memory;
 pub mod pcap;
 

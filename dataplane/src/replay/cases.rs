@@ -220,9 +220,13 @@ const L3: usize = 14;
 const L4_V4: usize = 34;
 const L4_V6: usize = 54;
 
+// The load balancer's cases live in their own file (replay/cases_lb.rs).
+#[path = "cases_lb.rs"]
+mod lb;
+
 /// Every case, in folder-name order of intent (the harness sorts by name anyway).
 pub fn all() -> Vec<Case> {
-    vec![
+    let mut cases = vec![
         macswap(),
         macswap_pcapng(),
         udp_echo_v4(),
@@ -239,7 +243,9 @@ pub fn all() -> Vec<Case> {
         oversize(),
         two_port(),
         mixed(),
-    ]
+    ];
+    cases.extend(lb::all());
+    cases
 }
 
 /// Frames of every kind, all reflected with their MAC addresses swapped.
