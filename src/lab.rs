@@ -17,7 +17,10 @@
 //!    keeping up to [`WINDOW`] requests outstanding; and one latency probe that sends one
 //!    request at a time and records the round trip in an hdrhistogram. Everything stops at
 //!    `--duration` (default 10 s) or Ctrl-C, and is also capped in packets.
-//! 6. It prints throughput, loss and latency percentiles, then the engine's final report.
+//!    The load starts once one request has been echoed (the path is up end to end).
+//! 6. It prints throughput, loss, latency percentiles and the kernel's counters of the wire
+//!    (what was redirected to AF_XDP, dropped, sent, received: where a loss happened), then
+//!    the engine's final report.
 //!
 //! Teardown runs on every way out: a guard's `Drop` on return and error; Ctrl-C/SIGTERM
 //! set a flag that ends the run normally; and a panic hook removes the lab too, because the
@@ -177,9 +180,12 @@ fn run_in(lab: &Lab, secs: f64, json: bool, stop: &AtomicBool) -> Result<u8, (u8
     // The sockets are in the XSKMAP before the worker's first loop turn fills the fill
     // ring, and the first requests of every flow leave together once the peer has resolved
     // the app's address: start the load only when one request has come back.
-    std::thread::scope(|s| s.spawn(|| wait_for_echo(&peer_ns)).join())
-        .unwrap_or_else(|_| Err(io::Error::other("readiness probe panicked")))
-        .map_err(|e| (1, format!("the AF_XDP path does not echo: {e}")))?;
+    let ready = std::thread::scope(|s| s.spawn(|| wait_for_echo(&peer_ns)).join())
+        .unwrap_or_else(|_| Err(io::Error::other("readiness probe panicked")));
+    if let Err(e) = ready {
+        let _ = engine.stop();
+        return Err((1, format!("the AF_XDP path does not echo: {e}")));
+    }
 
     let deadline = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
     let load_stop = AtomicBool::new(false);

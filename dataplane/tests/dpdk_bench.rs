@@ -15,16 +15,21 @@
 //!
 //! Every frame runs through the whole engine: RX burst, the receive-side parse (the zeroed
 //! `net_null` frames parse as Ethernet with ethertype 0), the handler chain, verdicts, TX
-//! burst. `#[ignore]`d: it only runs when the script asks for it.
+//! burst. With `SS_DPDK_BENCH_ENGINE=bare` the engine is left out: one pinned thread calls
+//! the port's `rx_burst` and `tx_burst` (through the `Queue` trait, mbufs turned into frames
+//! and back) and, in `macswap` mode, swaps the addresses itself; this isolates the port's own
+//! cost. `#[ignore]`d: it only runs when the script asks for it.
 #![cfg(feature = "dpdk")]
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane::batch::Batch;
 use dataplane::config::{DpdkConfig, DpdkPortConfig, EngineConfig, Idle};
 use dataplane::engine::{Engine, WorkerPlan};
 use dataplane::handlers::Macswap;
+use dataplane::mem::Cache;
 use dataplane::port::dpdk::Dpdk;
 use dataplane::port::Port;
 use dataplane::{Context, CoreId, Frame, Handler, Pipeline, PortId, QueueId, Verdict};
@@ -97,6 +102,9 @@ fn bench() {
         Dpdk::new(PortId(i), &pc, &cfg, Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
     };
     let ports = vec![port(0), port(1)];
+    if std::env::var("SS_DPDK_BENCH_ENGINE").as_deref() == Ok("bare") {
+        return bare(&mode, cross, ports, core, burst, warmup, seconds);
+    }
     let chain: Pipeline = match mode.as_str() {
         "io" => Pipeline::new(vec![Box::new(Out { cross })]),
         "macswap" if cross => Pipeline::new(vec![Box::new(Macswap), Box::new(Out { cross })]),
@@ -143,5 +151,90 @@ fn bench() {
         rx_mpps.iter().sum::<f64>(),
         w.copies,
         report.drops().total()
+    );
+}
+
+/// The port alone: RX burst, optional MAC swap, TX burst, on one pinned thread.
+fn bare(
+    mode: &str,
+    cross: bool,
+    ports: Vec<Arc<dyn Port>>,
+    core: u32,
+    burst: usize,
+    warmup: f64,
+    seconds: f64,
+) {
+    let swap = match mode {
+        "io" => false,
+        "macswap" => true,
+        m => panic!("SS_DPDK_BENCH_MODE={m}: use io or macswap"),
+    };
+    let (rx, dt) = {
+        let ports = ports.clone();
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(core_affinity::CoreId {
+                id: core as usize
+            }));
+            let mut queues: Vec<_> = ports
+                .iter()
+                .map(|p| p.open_queue(0, burst).unwrap())
+                .collect();
+            let mut caches: Vec<Cache> = ports
+                .iter()
+                .map(|p| Cache::new(p.pool().clone(), burst))
+                .collect();
+            let mut batch = Batch::with_capacity(burst);
+            let warm_until = Instant::now() + Duration::from_secs_f64(warmup);
+            let mut start = None;
+            let mut counted = 0u64;
+            let mut turns = 0u32;
+            loop {
+                for i in 0..2 {
+                    let n = queues[i].rx_burst(&mut batch);
+                    if start.is_some() {
+                        counted += n as u64;
+                    }
+                    if swap {
+                        for f in batch.as_mut_slice() {
+                            let d = f.data_mut();
+                            if d.len() >= 12 {
+                                let (a, b) = d.split_at_mut(6);
+                                a.swap_with_slice(&mut b[..6]);
+                            }
+                        }
+                    }
+                    let out = if cross { 1 - i } else { i };
+                    queues[out].tx_burst(&mut batch);
+                    for f in batch.drain() {
+                        caches[i].free(f);
+                    }
+                }
+                // Read the clock every 1024 turns only: it costs as much as a burst.
+                turns = turns.wrapping_add(1);
+                if turns % 1024 != 0 {
+                    continue;
+                }
+                match start {
+                    None if Instant::now() >= warm_until => start = Some(Instant::now()),
+                    Some(t) if t.elapsed().as_secs_f64() >= seconds => {
+                        break (counted, t.elapsed().as_secs_f64());
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .join()
+        .unwrap()
+    };
+    for p in &ports {
+        p.close().unwrap();
+    }
+    let mpps = rx as f64 / dt / 1e6;
+    println!(
+        "{{\"tool\":\"slipstream-bare\",\"mode\":\"{mode}\",\"streams\":\"{}\",\"seconds\":{dt:.3},\
+         \"rx_mpps\":[{:.3},{:.3}],\"total_mpps\":{mpps:.3}}}",
+        if cross { "cross" } else { "reflect" },
+        mpps / 2.0,
+        mpps / 2.0
     );
 }

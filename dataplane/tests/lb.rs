@@ -40,7 +40,7 @@ impl Rng {
     }
 
     fn addr(&mut self) -> IpAddr {
-        if self.next() % 3 == 0 {
+        if matches!(self.next() % 3, 0) {
             IpAddr::V6(Ipv6Addr::from(
                 (0x2001_0db8_u128 << 96) | u128::from(self.next()),
             ))
@@ -511,13 +511,12 @@ fn check_encap(s: &LbSpec, input: &[u8], out: &[u8], flow: &Flow, vip: &VipSpec)
         input[..6],
         "Ethernet source is the input's destination"
     );
-    let inner_len;
     let inner_v6 = be16(input, 12) == 0x86dd;
-    if inner_v6 {
-        inner_len = 40 + usize::from(be16(input, 18));
+    let inner_len = if inner_v6 {
+        40 + usize::from(be16(input, 18))
     } else {
-        inner_len = usize::from(be16(input, 16));
-    }
+        usize::from(be16(input, 16))
+    };
     let inner_tos = if inner_v6 {
         (input[14] << 4) | (input[15] >> 4)
     } else {

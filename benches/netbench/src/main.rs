@@ -88,3 +88,42 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn gen_requires_a_count() {
+        let base = [
+            "netbench",
+            "gen",
+            "--ifname",
+            "x",
+            "--dst-mac",
+            "02:00:c6:12:00:01",
+            "--src-mac",
+            "02:00:c6:12:00:02",
+            "--dst-ip",
+            "198.18.0.1",
+            "--src-ip",
+            "198.18.0.2",
+        ];
+        assert!(Cli::try_parse_from(base).is_err());
+        let mut with = base.to_vec();
+        with.extend(["--count", "10"]);
+        let Cmd::Gen(g) = Cli::try_parse_from(with).unwrap().cmd else {
+            panic!("not gen")
+        };
+        assert_eq!(
+            (g.count, g.rate_pps, g.size, g.flows, g.dst_port),
+            (10, 0, 64, 64, 7)
+        );
+    }
+}

@@ -460,6 +460,23 @@ impl FramePool {
         head: u16,
         len: u16,
     ) -> Frame {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.frame_from_buffer_meta(buffer, head, len, Meta::default()) }
+    }
+
+    /// [`FramePool::frame_from_buffer`] with the frame's metadata, so that a receive path
+    /// builds the whole token in one expression.
+    ///
+    /// # Safety
+    /// As for [`FramePool::frame_from_buffer`].
+    #[inline(always)]
+    pub(crate) unsafe fn frame_from_buffer_meta(
+        &self,
+        buffer: NonNull<u8>,
+        head: u16,
+        len: u16,
+        meta: Meta,
+    ) -> Frame {
         debug_assert!(self.source.is_some());
         debug_assert!(head as usize + len as usize <= self.frame_size as usize);
         Frame {
@@ -469,7 +486,7 @@ impl FramePool {
             capacity: self.frame_size,
             head,
             len,
-            meta: Meta::default(),
+            meta,
         }
     }
 

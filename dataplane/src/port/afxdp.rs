@@ -60,6 +60,8 @@ struct Socket {
     cq: CompQueue,
     /// Frames the kernel holds for this socket (fill + RX + TX + completion rings).
     in_kernel: u64,
+    /// Frames handed to the TX ring whose completion has not been reaped yet.
+    tx_outstanding: u64,
     /// Frames allocated for the fill ring that did not fit yet.
     fill_pending: Vec<FrameDesc>,
 }
@@ -283,8 +285,11 @@ impl Afxdp {
         let mut sockets = Vec::with_capacity(cfg.queues as usize);
         let mut zero_copy = None;
         for q in 0..cfg.queues as u32 {
-            let (s, zc) = bind(id, &umem, &ifname, &cfg.interface, q, ring, cfg.zero_copy)?;
+            let (mut s, zc) = bind(id, &umem, &ifname, &cfg.interface, q, ring, cfg.zero_copy)?;
             zero_copy.get_or_insert(zc);
+            // Fill the fill ring before the socket is registered for redirects: a frame
+            // redirected to a socket with an empty fill ring is dropped by the kernel.
+            prefill(&mut s, &pool, &descs, engine.frame_size, cfg.ring_size);
             steering
                 .register_xsk(q, s.rx.fd().as_raw_fd())
                 .map_err(|e| cfg_err(id, format!("{}: queue {q}: {e}", cfg.interface)))?;
@@ -336,6 +341,27 @@ impl Afxdp {
     }
 }
 
+/// Gives the kernel a full fill ring (straight from the pool: no queue handle exists yet).
+fn prefill(s: &mut Socket, pool: &FramePool, descs: &[FrameDesc], frame_size: u32, ring: u32) {
+    while s.fill_pending.len() < ring as usize {
+        let Some(f) = pool.alloc() else {
+            break;
+        };
+        let (index, _, _) = f.into_raw();
+        debug_assert_eq!(
+            descs[index as usize].addr(),
+            index as usize * frame_size as usize + XDP_HEADROOM as usize
+        );
+        s.fill_pending.push(descs[index as usize]);
+    }
+    let free = s.fq.nb_free(ring) as usize;
+    let n = s.fill_pending.len().min(free);
+    // SAFETY: frames of this UMEM whose tokens were consumed above; nobody else has them.
+    let produced = unsafe { s.fq.produce(&s.fill_pending[..n]) };
+    s.fill_pending.drain(..produced);
+    s.in_kernel += produced as u64;
+}
+
 /// Binds one socket: zero-copy first (unless told otherwise), copy mode on EOPNOTSUPP,
 /// retrying on EBUSY. Returns the socket and whether it is zero-copy.
 fn bind(
@@ -376,6 +402,7 @@ fn bind(
                             fq,
                             cq,
                             in_kernel: 0,
+                            tx_outstanding: 0,
                             fill_pending: Vec::new(),
                         },
                         zc,
@@ -540,6 +567,7 @@ impl AfxdpQueue {
                 break;
             }
             s.in_kernel -= n as u64;
+            s.tx_outstanding -= n as u64;
             for d in &self.scratch[..n] {
                 let index = (d.addr() / fs) as u32;
                 // SAFETY: the kernel handed this frame back; no token for it exists.
@@ -665,6 +693,7 @@ impl Queue for AfxdpQueue {
         let produced = unsafe { s.tx.produce(&self.tx_descs) };
         debug_assert_eq!(produced, self.tx_descs.len());
         s.in_kernel += produced as u64;
+        s.tx_outstanding += produced as u64;
         if s.tx.needs_wakeup() {
             let _ = s.tx.wakeup();
         }
@@ -676,6 +705,15 @@ impl Queue for AfxdpQueue {
 
     fn poll(&mut self) {
         self.reap();
+        // In copy mode one sendto(2) moves at most 32 descriptors (the kernel's TX batch),
+        // and may stop early when the device is busy: while frames wait on the TX ring and
+        // the kernel asks for a kick, kick again, or a request/response flow would stall
+        // until the next transmit.
+        if let Some(s) = self.socket.as_mut() {
+            if s.tx_outstanding > 0 && s.tx.needs_wakeup() {
+                let _ = s.tx.wakeup();
+            }
+        }
     }
 }
 

@@ -1216,17 +1216,28 @@ impl Queue for DpdkQueue {
                 && pool == self.mp
                 && flags & (ffi::RTE_MBUF_F_EXTERNAL | ffi::RTE_MBUF_F_INDIRECT) == 0
                 && buf.cast::<u8>() == m.cast::<u8>().wrapping_add(self.offset);
-            let frame = if plain && len <= self.max_len {
+            if plain && len <= self.max_len {
+                self.delta += 1;
+                delivered += 1;
+                let meta = crate::Meta {
+                    rx: self.id,
+                    ..Default::default()
+                };
                 // SAFETY: a single-segment direct mbuf of our mempool: its buffer is one of
                 // the source's buffers, owned by us now; data_off + data_len lie inside it.
-                let mut f = unsafe {
-                    self.pool
-                        .frame_from_buffer(NonNull::new_unchecked(buf.cast()), head, len)
+                let f = unsafe {
+                    self.pool.frame_from_buffer_meta(
+                        NonNull::new_unchecked(buf.cast()),
+                        head,
+                        len,
+                        meta,
+                    )
                 };
-                f.meta.rx = self.id;
-                self.delta += 1;
-                Some(f)
-            } else if pkt_len > self.max_len as u32 {
+                // Cannot fail: at most out.remaining() mbufs were received.
+                let _ = out.try_push(f);
+                continue;
+            }
+            let frame = if pkt_len > self.max_len as u32 {
                 // SAFETY: ours to free.
                 unsafe { ffi::_rte_pktmbuf_free(m) };
                 None
@@ -1235,7 +1246,6 @@ impl Queue for DpdkQueue {
             };
             match frame {
                 Some(f) => {
-                    // Cannot fail: at most out.remaining() mbufs were received.
                     let _ = out.try_push(f);
                     delivered += 1;
                 }

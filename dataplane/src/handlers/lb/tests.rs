@@ -3,6 +3,9 @@
 //! by running handlers). Outputs are decoded with smoltcp's views, independently of the
 //! encapsulation code.
 
+// Tests pass one-packet bursts as `&[frame.clone()]` on purpose (the frame is reused).
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::{Ipv4Packet, Ipv6Packet, UdpPacket};
