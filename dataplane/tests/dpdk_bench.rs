@@ -211,7 +211,7 @@ fn bare(
                 }
                 // Read the clock every 1024 turns only: it costs as much as a burst.
                 turns = turns.wrapping_add(1);
-                if turns % 1024 != 0 {
+                if turns & 1023 != 0 {
                     continue;
                 }
                 match start {

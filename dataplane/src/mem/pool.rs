@@ -192,12 +192,14 @@ impl Frame {
     /// frame handed to a device. The device returns the buffer to the source itself; the
     /// caller accounts for the frame with [`FramePool::add_outstanding`].
     #[inline]
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub(crate) fn into_buffer(self) -> (NonNull<u8>, u16, u16) {
         (self.base, self.head, self.len)
     }
 
     /// Start of the frame's buffer (headroom included).
     #[inline]
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
     pub(crate) fn buffer(&self) -> NonNull<u8> {
         self.base
     }

@@ -1304,7 +1304,7 @@ impl Queue for DpdkQueue {
     fn poll(&mut self) {
         if self.queue == 0 {
             self.polls = self.polls.wrapping_add(1);
-            if self.polls % FOLD_INTERVAL == 0 {
+            if self.polls & (FOLD_INTERVAL - 1) == 0 {
                 self.shared.fold_device_drops();
             }
         }
