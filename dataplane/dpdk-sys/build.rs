@@ -158,7 +158,16 @@ fn pkg_config_output(args: &[&str], statik: bool) -> String {
 /// object must be linked even though nothing references it).
 fn link(statik: bool) {
     let libs = pkg_config_output(&["--libs", "libdpdk"], statik);
+    // pkg-config leaves out -L for the system library directory; rustc needs it to find
+    // static archives.
+    let libdir = pkg_config_output(&["--variable=libdir", "libdpdk"], false);
+    if !libdir.trim().is_empty() {
+        println!("cargo:rustc-link-search=native={}", libdir.trim());
+    }
     let mut whole = false;
+    // Libraries already linked from a file name (`-l:librte_eal.a`); pkg-config's static
+    // output names them again as `-lrte_eal`, which would link them twice.
+    let mut seen = std::collections::HashSet::new();
     for tok in libs.split_whitespace() {
         if let Some(dir) = tok.strip_prefix("-L") {
             println!("cargo:rustc-link-search=native={dir}");
@@ -167,6 +176,9 @@ fn link(statik: bool) {
         } else if tok == "-Wl,--no-whole-archive" {
             whole = false;
         } else if let Some(file) = tok.strip_prefix("-l:") {
+            if let Some(name) = file.strip_prefix("lib").and_then(|f| f.strip_suffix(".a")) {
+                seen.insert(name.to_string());
+            }
             // A file name (`librte_net_null.a`); static archives in whole-archive groups.
             let kind = if file.ends_with(".a") {
                 "static"
@@ -180,6 +192,9 @@ fn link(statik: bool) {
             };
             println!("cargo:rustc-link-lib={kind}{mods}={file}");
         } else if let Some(name) = tok.strip_prefix("-l") {
+            if seen.contains(name) {
+                continue;
+            }
             if statik && name.starts_with("rte_") {
                 let mods = if whole { ":+whole-archive" } else { "" };
                 println!("cargo:rustc-link-lib=static{mods}={name}");

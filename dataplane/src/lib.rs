@@ -17,7 +17,7 @@ pub mod wire;
 pub use batch::Batch;
 pub use mem::Frame;
 pub use packet::{CoreId, Meta, PortId, QueueId, WorkerId};
-pub use pipeline::{Context, DropReason, Handler, Pipeline, Verdict};
+pub use pipeline::{Context, DropReason, Emit, Handler, Pipeline, Verdict};
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -6,10 +6,19 @@
 //! its fate. Whatever is still `Next` at the end of the chain is dropped as
 //! [`DropReason::Unhandled`]. Verdicts are plain values (no `Result` per packet); drops are
 //! counted by reason by the worker.
+//!
+//! A handler whose answer takes more than one packet (a memcached reply split over several
+//! datagrams) implements [`Handler::process_emit`] and adds frames through [`Emit`]: they
+//! come from the per-worker frame caches (no allocation, no lock), each with its verdict,
+//! and the worker carries them out after the burst's own verdicts and counts them as
+//! `generated`, so that conservation reads `received + generated == transmitted + dropped +
+//! slow path + in flight`. Rejected: letting handlers hold frames across bursts or own a
+//! pool (frames would escape the engine's accounting), and a second kind of verdict that
+//! names several frames (every existing handler and the dispatch loop would change).
 
 use std::fmt;
 
-use crate::mem::Frame;
+use crate::mem::{Cache, Frame};
 use crate::packet::{QueueId, WorkerId};
 
 /// Why a packet was dropped. Every drop in the data plane has exactly one reason, and every
@@ -58,11 +67,14 @@ pub enum DropReason {
     LbNoReal,
     /// `lb`: not enough headroom in the frame for the outer header.
     LbNoHeadroom,
+    /// A handler consumed the packet and has nothing to send back (a memcached request
+    /// with `noreply`, a datagram memcached ignores).
+    Consumed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadIhl,
@@ -82,6 +94,7 @@ impl DropReason {
         DropReason::LbTooBig,
         DropReason::LbNoReal,
         DropReason::LbNoHeadroom,
+        DropReason::Consumed,
     ];
     /// Number of reasons (size of counter arrays).
     pub const COUNT: usize = Self::ALL.len();
@@ -108,6 +121,7 @@ impl DropReason {
             DropReason::LbTooBig => "lb_too_big",
             DropReason::LbNoReal => "lb_no_real",
             DropReason::LbNoHeadroom => "lb_no_headroom",
+            DropReason::Consumed => "consumed",
         }
     }
 
@@ -178,6 +192,99 @@ pub trait Handler: Send {
     /// Decides verdicts for the packets whose verdict is [`Verdict::Next`]; leaves the others
     /// untouched. `frames` and `verdicts` have the same length.
     fn process(&mut self, frames: &mut [Frame], verdicts: &mut [Verdict], cx: &Context);
+
+    /// As [`Handler::process`], for handlers that may answer one packet with several: extra
+    /// frames come from `emit` (see [`Emit`]). The worker calls this one; the default
+    /// ignores `emit`.
+    fn process_emit(
+        &mut self,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+        cx: &Context,
+        emit: &mut Emit<'_>,
+    ) {
+        let _ = emit;
+        self.process(frames, verdicts, cx);
+    }
+}
+
+/// Frames a handler adds to a burst, with their verdicts (see the module docs).
+///
+/// [`Emit::alloc`] reserves room and takes a frame from the pool of the packet it answers
+/// (so it can leave where that packet leaves without a copy); the frame must then be given
+/// to [`Emit::push`] or back to [`Emit::free`]. Room is fixed per burst: when it runs out,
+/// `alloc` says `None` and the handler answers in fewer packets (an error line).
+pub struct Emit<'a> {
+    caches: &'a mut [Cache],
+    out: &'a mut Vec<(Frame, Verdict)>,
+    reserved: usize,
+}
+
+impl<'a> Emit<'a> {
+    /// Frames come from `caches` (indexed by pool id) and go to `out`, whose capacity is
+    /// the room: `out` never grows.
+    pub fn new(caches: &'a mut [Cache], out: &'a mut Vec<(Frame, Verdict)>) -> Emit<'a> {
+        Emit {
+            caches,
+            out,
+            reserved: 0,
+        }
+    }
+
+    /// Frames that can still be allocated and pushed this burst.
+    #[inline]
+    pub fn room(&self) -> usize {
+        self.out.capacity() - self.out.len() - self.reserved
+    }
+
+    /// An empty frame (default headroom, length 0) from the pool `like` belongs to, with
+    /// `like`'s metadata. `None` when the room or the pool is exhausted.
+    #[inline]
+    pub fn alloc(&mut self, like: &Frame) -> Option<Frame> {
+        if self.room() == 0 {
+            return None;
+        }
+        let mut f = self.caches.get_mut(like.pool().0 as usize)?.alloc()?;
+        f.meta = like.meta;
+        self.reserved += 1;
+        Some(f)
+    }
+
+    /// Adds a frame from [`Emit::alloc`] with its verdict (never [`Verdict::Next`], which
+    /// is carried out as `unhandled`).
+    #[inline]
+    pub fn push(&mut self, frame: Frame, verdict: Verdict) {
+        self.reserved = self.reserved.saturating_sub(1);
+        if self.out.len() < self.out.capacity() {
+            self.out.push((frame, verdict));
+        } else {
+            // Only reachable for a frame that did not come from `alloc`: free, not leak.
+            self.free(frame);
+        }
+    }
+
+    /// Gives back a frame from [`Emit::alloc`] that is not needed after all.
+    #[inline]
+    pub fn free(&mut self, frame: Frame) {
+        self.reserved = self.reserved.saturating_sub(1);
+        if let Some(c) = self.caches.get_mut(frame.pool().0 as usize) {
+            c.free(frame);
+        } else {
+            // A frame of a pool this worker has no cache for cannot come from `alloc`; it
+            // shows up in that pool's leak accounting.
+            std::mem::forget(frame);
+        }
+    }
+
+    /// Frames pushed so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
 }
 
 /// An ordered chain of handlers, one per worker.
@@ -219,10 +326,32 @@ impl Pipeline {
             }
             h.process(frames, verdicts, cx);
         }
-        for v in verdicts.iter_mut() {
-            if *v == Verdict::Next {
-                *v = Verdict::Drop(DropReason::Unhandled);
+        unhandled(verdicts);
+    }
+
+    /// As [`Pipeline::run`], letting handlers add frames through `emit`.
+    pub fn run_emit(
+        &mut self,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+        cx: &Context,
+        emit: &mut Emit<'_>,
+    ) {
+        debug_assert_eq!(frames.len(), verdicts.len());
+        for h in &mut self.handlers {
+            if !verdicts.contains(&Verdict::Next) {
+                return;
             }
+            h.process_emit(frames, verdicts, cx, emit);
+        }
+        unhandled(verdicts);
+    }
+}
+
+fn unhandled(verdicts: &mut [Verdict]) {
+    for v in verdicts.iter_mut() {
+        if *v == Verdict::Next {
+            *v = Verdict::Drop(DropReason::Unhandled);
         }
     }
 }

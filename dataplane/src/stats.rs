@@ -162,6 +162,8 @@ pub struct WorkerCounters {
     pub slow_path: Counter,
     /// Frames copied into another port's memory on transmit.
     pub copies: Counter,
+    /// Frames handlers added to answers that take several packets (`pipeline::Emit`).
+    pub generated: Counter,
     /// Loop iterations that found work / found none.
     pub busy_polls: Counter,
     pub idle_polls: Counter,
@@ -179,6 +181,7 @@ pub struct WorkerSnapshot {
     pub ring_in: u64,
     pub slow_path: u64,
     pub copies: u64,
+    pub generated: u64,
     pub busy_polls: u64,
     pub idle_polls: u64,
     pub drops: DropCounts,
@@ -195,6 +198,7 @@ impl WorkerCounters {
             ring_in: self.ring_in.get(),
             slow_path: self.slow_path.get(),
             copies: self.copies.get(),
+            generated: self.generated.get(),
             busy_polls: self.busy_polls.get(),
             idle_polls: self.idle_polls.get(),
             drops: self.drops.snapshot(),
@@ -212,6 +216,7 @@ impl WorkerSnapshot {
         self.ring_in += o.ring_in;
         self.slow_path += o.slow_path;
         self.copies += o.copies;
+        self.generated += o.generated;
         self.busy_polls += o.busy_polls;
         self.idle_polls += o.idle_polls;
         self.drops.add(&o.drops);

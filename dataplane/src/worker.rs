@@ -74,6 +74,10 @@ const MAILBOX: usize = 8;
 /// Marks a queue without owner in [`Routes`].
 const NO_OWNER: u16 = u16::MAX;
 
+/// Frames handlers may add per received frame of a burst (`pipeline::Emit`): room for a
+/// burst of replies of this many datagrams each.
+const EMIT_PER_FRAME: usize = 16;
+
 /// Which worker transmits on each port queue, readable by every worker and updated by the
 /// engine while they run (one atomic per queue).
 #[derive(Debug, Default)]
@@ -271,6 +275,8 @@ struct Scratch {
     work: Batch,
     local: Batch,
     verdicts: Vec<Verdict>,
+    /// Frames handlers added to the burst, with their verdicts (capacity fixed).
+    emitted: Vec<(Frame, Verdict)>,
     sinks: Sinks,
 }
 
@@ -294,6 +300,7 @@ impl Worker {
             work: Batch::with_capacity(burst),
             local: Batch::with_capacity(burst),
             verdicts: vec![Verdict::Next; burst],
+            emitted: Vec::with_capacity(burst * EMIT_PER_FRAME),
             sinks: Sinks {
                 tx_ids: {
                     let mut ids = Vec::with_capacity(max_queues);
@@ -515,18 +522,27 @@ impl Worker {
             workers: self.peers.len() as u16,
             now_ns: start.duration_since(self.epoch).as_nanos() as u64,
         };
-        self.pipeline.run(s.work.as_mut_slice(), verdicts, &cx);
+        let mut emit = crate::pipeline::Emit::new(&mut self.caches, &mut s.emitted);
+        self.pipeline
+            .run_emit(s.work.as_mut_slice(), verdicts, &cx, &mut emit);
         let ns = start.elapsed().as_nanos() as u64;
         let _ = hist.record(ns.max(1));
 
         let Scratch {
             work,
             verdicts,
+            emitted,
             sinks,
             ..
         } = s;
         for (f, v) in work.drain().zip(verdicts.iter()) {
             self.dispatch(*v, f, sinks);
+        }
+        if !emitted.is_empty() {
+            self.shared.counters.generated.add(emitted.len() as u64);
+            for (f, v) in emitted.drain(..) {
+                self.dispatch(v, f, sinks);
+            }
         }
     }
 

@@ -271,10 +271,22 @@ fn unknown_devices_and_bad_queue_counts_are_errors_that_say_why() {
         msg.contains("net_nosuchdriver0") && msg.contains("probe"),
         "{msg}"
     );
-    let mut many = port_cfg("net_pcap_q0,rx_pcap=/nonexistent.pcap");
-    many.queues = 4;
-    let e = Dpdk::new(PortId(0), &many, &engine_cfg(), Path::new(".")).unwrap_err();
+    let e = Dpdk::new(
+        PortId(0),
+        &port_cfg("net_pcap_q0,rx_pcap=/nonexistent.pcap"),
+        &engine_cfg(),
+        Path::new("."),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("net_pcap_q0"), "{e}");
+    // net_ring has at most 16 queue pairs: refused after the device was plugged in, which
+    // must then be removed again (the name is free for the next port).
+    let mut many = port_cfg("net_ring_q0");
+    many.queues = 64;
+    let e = Dpdk::new(PortId(0), &many, &engine_cfg(), Path::new(".")).unwrap_err();
+    assert!(e.to_string().contains("64 queues asked"), "{e}");
+    let again = dpdk(0, "net_ring_q0");
+    again.close().unwrap();
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! forged layout makes a handler skip the packet, never panic.
 
 pub mod arp;
+pub mod ext;
 pub mod icmp;
 pub mod lb;
 pub mod macswap;
@@ -23,9 +24,10 @@ pub(crate) mod testutil;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use arp::Arp;
+pub use ext::{ExtSpec, Extension, HandlerStats, HandlerWorkerStats};
 pub use icmp::Icmp;
 pub use lb::{Lb, LbSpec};
 pub use macswap::Macswap;
@@ -35,7 +37,12 @@ use crate::pipeline::Handler;
 use crate::wire::MacAddr;
 
 /// One entry of the `[[handlers]]` chain. `kind` selects the handler.
+///
+/// Built-in kinds use the derived serde code (`remote = "Self"` keeps it as inherent
+/// functions); the trait impls below first give kinds registered with [`ext::register`] to
+/// their parser, so that `kind = "kv"` works wherever a chain is read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(remote = "Self")]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Spec {
     /// L2 reflector: swaps source and destination MAC and sends the frame back.
@@ -48,6 +55,41 @@ pub enum Spec {
     Icmp(IcmpSpec),
     /// Katran-compatible Maglev L4 load balancer (see [`lb`]).
     Lb(LbSpec),
+    /// A kind registered by another crate (see [`ext`]).
+    #[serde(skip)]
+    Ext(ExtSpec),
+}
+
+impl Serialize for Spec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Spec::Ext(e) => e.serialize(s),
+            other => Spec::serialize(other, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Spec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Spec, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+        if let Some(kind) = kind.filter(|k| ext::lookup(k).is_some()) {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("kind");
+            }
+            return ExtSpec::parse(&kind, &v).map(Spec::Ext).map_err(D::Error::custom);
+        }
+        Spec::deserialize(v).map_err(|e| {
+            let msg = e.to_string();
+            let registered = ext::kinds();
+            if msg.starts_with("unknown variant") && !registered.is_empty() {
+                D::Error::custom(format!("{msg}, or a registered kind: {}", registered.join(", ")))
+            } else {
+                D::Error::custom(msg)
+            }
+        })
+    }
 }
 
 /// `kind = "macswap"`: no settings.
@@ -96,6 +138,16 @@ impl Spec {
             Spec::Arp(_) => "arp",
             Spec::Icmp(_) => "icmp",
             Spec::Lb(_) => "lb",
+            Spec::Ext(e) => e.kind(),
+        }
+    }
+
+    /// Per-worker counters of handlers that keep them (registered kinds, see
+    /// [`Extension::stats`]).
+    pub fn stats(&self) -> Option<HandlerStats> {
+        match self {
+            Spec::Ext(e) => e.extension().stats(),
+            _ => None,
         }
     }
 
@@ -154,6 +206,7 @@ impl Spec {
                 Ok(())
             }
             Spec::Lb(s) => s.validate(),
+            Spec::Ext(e) => e.extension().validate(),
         }
     }
 
@@ -170,6 +223,7 @@ impl Spec {
             // Every worker's instance shares the spec's live state (rings, versions) and
             // keeps its own connection table.
             Spec::Lb(s) => Box::new(Lb::new(&s.control())),
+            Spec::Ext(e) => e.extension().build(),
         }
     }
 }
