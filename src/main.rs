@@ -78,6 +78,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Handler kinds from other crates, before any config is read (`kind = "kv"`).
+    kv::register();
     let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Replay(args) => match replay::main(args) {
@@ -318,6 +320,9 @@ fn print_final(r: &Report, json: bool) {
         println!("  {reason:<14} {n}");
     }
     println!("slow path    {}", r.slow_path());
+    if r.generated() > 0 {
+        println!("generated    {} (extra datagrams of multi-datagram answers)", r.generated());
+    }
     println!("copies       {}", w.copies);
     println!(
         "burst latency (ns)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} bursts)",

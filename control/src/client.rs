@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::pb::handlers_client::HandlersClient;
+use crate::pb::lb_client::LbClient;
 use crate::pb::placement_client::PlacementClient;
 use crate::pb::stats_client::StatsClient;
 use crate::pb::system_client::SystemClient;
@@ -139,6 +140,7 @@ pub struct Client {
     pub placement: PlacementClient<Channel>,
     pub stats: StatsClient<Channel>,
     pub handlers: HandlersClient<Channel>,
+    pub lb: LbClient<Channel>,
 }
 
 impl Client {
@@ -149,7 +151,8 @@ impl Client {
             workers: WorkersClient::new(ch.clone()),
             placement: PlacementClient::new(ch.clone()),
             stats: StatsClient::new(ch.clone()),
-            handlers: HandlersClient::new(ch),
+            handlers: HandlersClient::new(ch.clone()),
+            lb: LbClient::new(ch),
         })
     }
 }

@@ -41,6 +41,7 @@ pub fn totals(r: &Report) -> pb::Totals {
         dropped: r.drops().total(),
         slow_path: r.slow_path(),
         in_flight: r.in_flight(),
+        generated: r.generated(),
     }
 }
 
@@ -140,6 +141,7 @@ pub fn stats(r: &Report, owner: impl Fn(QueueId) -> Option<WorkerId>) -> pb::Sta
                     idle_polls: c.idle_polls,
                     drops: drops(&c.drops),
                     latency: Some(latency(&w.latency)),
+                    generated: c.generated,
                 }
             })
             .collect(),
@@ -170,6 +172,28 @@ pub fn stats(r: &Report, owner: impl Fn(QueueId) -> Option<WorkerId>) -> pb::Sta
                         tx_packets: q.tx_packets,
                         tx_bytes: q.tx_bytes,
                         drops: drops(&q.drops),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        handlers: r
+            .handlers
+            .iter()
+            .map(|h| pb::HandlerStats {
+                kind: h.kind.clone(),
+                workers: h
+                    .workers
+                    .iter()
+                    .map(|w| pb::HandlerWorkerStats {
+                        worker: u32::from(w.worker.0),
+                        counters: w
+                            .counters
+                            .iter()
+                            .map(|(name, value)| pb::Counter {
+                                name: name.clone(),
+                                value: *value,
+                            })
+                            .collect(),
                     })
                     .collect(),
             })

@@ -7,13 +7,15 @@
 //!   health and reflection, on an owner-only Unix socket and optionally TCP with mutual
 //!   TLS ([`listen`], [`tls`]);
 //! - [`client`]: connecting over either;
-//! - [`convert`]: engine types to wire types and back.
+//! - [`convert`]: engine types to wire types and back; [`lb`]: the same for the `lb`
+//!   handler's live configuration (the `Lb` service).
 //!
 //! This crate depends on `dataplane` for its types and its engine command API only; it
 //! never touches data-plane state except through engine methods.
 
 pub mod client;
 pub mod convert;
+pub mod lb;
 pub mod listen;
 pub mod server;
 pub mod tls;

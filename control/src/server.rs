@@ -7,7 +7,9 @@
 //! policy, the shape of the request), then calls one engine method on the blocking pool.
 //! The engine validates the rest and carries the change out through the workers' command
 //! mailboxes, so no handler touches data-plane state directly and the workers never see
-//! the lock.
+//! the lock. The `Lb` service is the exception that proves the rule: an `lb` handler's
+//! live state has its own versioned, all-or-nothing API (`lb::Control`) that workers pick
+//! up between bursts without a command, reached through the chain's specs ([`crate::lb`]).
 //!
 //! Shutdown is cooperative: the Shutdown call raises the stop flag the binary's main loop
 //! watches (the same flag SIGINT and SIGTERM raise), and answers once the binary has
@@ -32,6 +34,7 @@ use crate::convert::{self, invalid};
 use crate::listen::{self, ListenError};
 use crate::pb;
 use crate::pb::handlers_server::{Handlers, HandlersServer};
+use crate::pb::lb_server::{Lb, LbServer};
 use crate::pb::placement_server::{Placement, PlacementServer};
 use crate::pb::stats_server::{Stats, StatsServer};
 use crate::pb::system_server::{System, SystemServer};
@@ -280,6 +283,7 @@ impl Daemon {
                     reporter.set_serving::<PlacementServer<Api>>().await;
                     reporter.set_serving::<StatsServer<Api>>().await;
                     reporter.set_serving::<HandlersServer<Api>>().await;
+                    reporter.set_serving::<LbServer<Api>>().await;
                     let router = || {
                         Server::builder()
                             .add_service(health.clone())
@@ -290,6 +294,7 @@ impl Daemon {
                             .add_service(PlacementServer::new(api.clone()))
                             .add_service(StatsServer::new(api.clone()))
                             .add_service(HandlersServer::new(api.clone()))
+                            .add_service(LbServer::new(api.clone()))
                     };
                     let stopped = |mut rx: watch::Receiver<bool>| async move {
                         let _ = rx.wait_for(|s| *s).await;
@@ -964,7 +969,15 @@ impl Handlers for Api {
     ) -> Result<Response<pb::HandlerChain>, Status> {
         let chain = self.engine(|e| Ok(e.chain())).await?;
         let (handlers, custom) = match &chain.specs {
-            Some(specs) => (specs.iter().map(convert::handler).collect(), false),
+            // An lb handler reads back with its live state (VIPs and reals changed
+            // through the Lb service), not the state it started from.
+            Some(specs) => (
+                specs
+                    .iter()
+                    .map(|s| convert::handler(&crate::lb::live_spec(s)))
+                    .collect(),
+                false,
+            ),
             None => (
                 chain
                     .names
@@ -1024,6 +1037,53 @@ impl Handlers for Api {
                 Err(status)
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Lb for Api {
+    async fn get(&self, req: Request<pb::GetLbRequest>) -> Result<Response<pb::LbState>, Status> {
+        let handler = req.into_inner().handler;
+        let state = self
+            .engine(move |e| {
+                let (i, c) = crate::lb::find(e, handler)?;
+                Ok(crate::lb::state(i, &c))
+            })
+            .await?;
+        Ok(Response::new(state))
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateLbRequest>,
+    ) -> Result<Response<pb::UpdateLbResponse>, Status> {
+        let req = req.into_inner();
+        let changes = crate::lb::changes(&req.changes)?;
+        let (handler, base) = (req.handler, req.base_version);
+        // Under the engine lock, so that the chain cannot be replaced between finding the
+        // balancer and changing it. The rings are rebuilt here, on the blocking pool.
+        let version = self
+            .engine(move |e| {
+                let (_, c) = crate::lb::find(e, handler)?;
+                c.apply(base, &changes)
+                    .map_err(|err| crate::lb::status(&err))
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateLbResponse { version }))
+    }
+
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetLbStatsRequest>,
+    ) -> Result<Response<pb::LbStats>, Status> {
+        let handler = req.into_inner().handler;
+        let stats = self
+            .engine(move |e| {
+                let (i, c) = crate::lb::find(e, handler)?;
+                Ok(crate::lb::stats(i, &c, e))
+            })
+            .await?;
+        Ok(Response::new(stats))
     }
 }
 

@@ -439,6 +439,13 @@ impl Appliance {
     /// Writes `config` into a temp dir and starts `slipstream run --config F --json` in the
     /// lab's app namespace. Does not wait; see [`Appliance::wait_running`].
     pub fn start(lab: &Lab, config: &str) -> Result<Appliance, String> {
+        Appliance::start_with_args(lab, config, &[])
+    }
+
+    /// [`Appliance::start`] with more arguments for `slipstream run` (for example
+    /// `--ctl-socket PATH`).
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn start_with_args(lab: &Lab, config: &str, extra: &[&str]) -> Result<Appliance, String> {
         let dir = TempDir::new(&lab.prefix).map_err(|e| format!("temp dir: {e}"))?;
         let path = dir.0.join("slipstream.toml");
         std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -451,6 +458,7 @@ impl Appliance {
             ])
             .args(["run", "--json", "--config"])
             .arg(&path)
+            .args(extra)
             .env("SLIPSTREAM_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -29,6 +29,10 @@ const EXAMPLES: &str = "Examples:
   ctl workers idle backoff --backoff-max-us 100
   ctl stats --watch
   ctl handlers set 'udp-echo port=7' 'icmp addresses=[198.18.0.1,2001:db8::1]'
+  ctl lb show
+  ctl lb vip add 198.18.1.1:80/tcp
+  ctl lb real add 198.18.1.1:80/tcp 10.0.0.1 --weight 2
+  ctl lb real rm 198.18.1.1:80/tcp 10.0.0.1
   ctl --endpoint https://10.0.0.5:50051 --cert me.pem --key me.key --ca ca.pem status";
 
 #[derive(Debug, Parser)]
@@ -97,6 +101,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<HandlersCmd>,
     },
+    /// The lb handler's live configuration (VIPs, reals, weights) and counters.
+    Lb(LbArgs),
     /// Stop receiving, let what is in flight finish, print the counts.
     Drain {
         /// How long to wait for packets in flight, in milliseconds.
@@ -172,6 +178,162 @@ enum HandlersCmd {
         #[arg(long)]
         base_version: Option<u64>,
     },
+}
+
+#[derive(Debug, Args)]
+struct LbArgs {
+    /// Which lb handler of the chain, by its index (default: the chain's only one).
+    #[arg(long, global = true, value_name = "N")]
+    handler: Option<u32>,
+    #[command(subcommand)]
+    cmd: Option<LbCmd>,
+}
+
+/// Every change is acknowledged with the balancer's new version, or refused with nothing
+/// changed.
+#[derive(Debug, Subcommand)]
+enum LbCmd {
+    /// VIPs with their reals, ids, weights and ring shares, and the version (the default).
+    Show,
+    /// Packets and bytes per VIP, connection-table hits and misses, how reals were chosen,
+    /// lb drops.
+    Stats,
+    /// Add or remove a VIP, or set its flags.
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCmd,
+    },
+    /// Add, remove, reweight, or mark down or up a real of a VIP.
+    Real {
+        #[command(subcommand)]
+        cmd: RealCmd,
+    },
+}
+
+/// Apply a change only if the balancer is still at a version.
+#[derive(Debug, Args)]
+struct Base {
+    /// Apply only if the balancer is still at this version (`ctl lb show` prints it).
+    #[arg(long, value_name = "VERSION")]
+    base_version: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum VipCmd {
+    /// Add a VIP, with no reals yet (its traffic is dropped until one is added).
+    Add {
+        /// ADDRESS:PORT/PROTO, e.g. 198.18.1.1:80/tcp or [2001:db8::1]:0/udp (port 0: any).
+        vip: VipArg,
+        /// A VIP flag (repeatable, or comma-separated): no-src-port, lru-bypass, quic,
+        /// dport-only, src-routing, local-vip, global-lru, src-dst-port, stable-routing,
+        /// udp-flow-migration.
+        #[arg(long = "flag", value_name = "FLAG", value_delimiter = ',')]
+        flags: Vec<String>,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Remove a VIP and its reals.
+    #[command(alias = "remove")]
+    Rm {
+        vip: VipArg,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Replace a VIP's flags (none given: clear them).
+    Flags {
+        vip: VipArg,
+        #[arg(value_name = "FLAG")]
+        flags: Vec<String>,
+        #[command(flatten)]
+        base: Base,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RealCmd {
+    /// Add a real to a VIP.
+    Add {
+        vip: VipArg,
+        /// The real's address (IPv4 or IPv6).
+        real: String,
+        /// Maglev weight (0: configured but out of the ring).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Remove a real from a VIP: new flows avoid it, established ones stay on it (the
+    /// connection table).
+    #[command(alias = "remove")]
+    Rm {
+        vip: VipArg,
+        real: String,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Change a real's weight (0 takes it out of the ring but keeps it configured).
+    Weight {
+        vip: VipArg,
+        real: String,
+        weight: u32,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Mark a real down (consulted by VIPs with udp-flow-migration).
+    Down {
+        vip: VipArg,
+        real: String,
+        #[command(flatten)]
+        base: Base,
+    },
+    /// Mark a real up again.
+    Up {
+        vip: VipArg,
+        real: String,
+        #[command(flatten)]
+        base: Base,
+    },
+}
+
+/// A VIP on the command line, `ADDRESS:PORT/PROTO`. The address is checked by the
+/// appliance (a bad one is a refusal naming the field, exit 1); the shape, port and
+/// protocol here (exit 2).
+#[derive(Debug, Clone)]
+struct VipArg(pb::VipRef);
+
+impl std::str::FromStr for VipArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            format!(
+                "`{s}` is not a VIP: {why}; expected ADDRESS:PORT/PROTO, for example \
+                 198.18.1.1:80/tcp or [2001:db8::1]:0/udp (port 0: any port)"
+            )
+        };
+        let (sock, proto) = s.rsplit_once('/').ok_or_else(|| bad("no /PROTO"))?;
+        let proto = match proto {
+            "tcp" => pb::LbProto::Tcp,
+            "udp" => pb::LbProto::Udp,
+            _ => return Err(bad("the protocol is tcp or udp")),
+        };
+        let (addr, port) = sock.rsplit_once(':').ok_or_else(|| bad("no :PORT"))?;
+        let port: u16 = port.parse().map_err(|_| bad("the port is 0-65535"))?;
+        let addr = match addr.strip_prefix('[') {
+            Some(a) => a
+                .strip_suffix(']')
+                .ok_or_else(|| bad("unbalanced brackets"))?,
+            None if addr.contains(':') => return Err(bad("an IPv6 address goes in brackets")),
+            None => addr,
+        };
+        if addr.is_empty() {
+            return Err(bad("no address"));
+        }
+        Ok(VipArg(pb::VipRef {
+            address: addr.to_string(),
+            port: u32::from(port),
+            proto: proto as i32,
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -472,6 +634,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 });
             }
         },
+        Cmd::Lb(a) => lb(&mut c, a, json).await?,
         Cmd::Drain { timeout_ms } => {
             let r = c
                 .system
@@ -550,16 +713,43 @@ fn handler_update(
 ) -> Result<pb::UpdateHandlersRequest, Failure> {
     let handlers = match file {
         Some(path) => {
+            // Built-in kinds are checked here; kinds the appliance registered from other
+            // crates (`kv`) are passed on as they are and checked by the appliance.
             #[derive(serde::Deserialize)]
             struct Chain {
                 #[serde(default)]
-                handlers: Vec<dataplane::handlers::Spec>,
+                handlers: Vec<serde_json::Map<String, Value>>,
             }
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
             let chain: Chain = toml::from_str(&text)
                 .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
-            chain.handlers.iter().map(convert::handler).collect()
+            let mut out = Vec::with_capacity(chain.handlers.len());
+            for (i, mut table) in chain.handlers.into_iter().enumerate() {
+                let kind = match table.get("kind") {
+                    Some(Value::String(k)) => k.clone(),
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "{}: handlers[{i}]: `kind` is required",
+                            path.display()
+                        )))
+                    }
+                };
+                if dataplane::handlers::ext::BUILTIN_KINDS.contains(&kind.as_str()) {
+                    let spec: dataplane::handlers::Spec =
+                        serde_json::from_value(Value::Object(table)).map_err(|e| {
+                            Failure::Usage(format!("{}: handlers[{i}]: {e}", path.display()))
+                        })?;
+                    out.push(convert::handler(&spec));
+                } else {
+                    table.remove("kind");
+                    out.push(pb::Handler {
+                        kind,
+                        settings: Some(convert::json_to_struct(&Value::Object(table))),
+                    });
+                }
+            }
+            out
         }
         None => {
             if specs.is_empty() {
@@ -699,16 +889,24 @@ fn secs(ns: u64) -> String {
 
 fn totals_text(t: &pb::Totals) -> String {
     format!(
-        "received {}  transmitted {}  dropped {}  slow path {}  in flight {}\n",
-        t.received, t.transmitted, t.dropped, t.slow_path, t.in_flight
+        "received {}{}  transmitted {}  dropped {}  slow path {}  in flight {}\n",
+        t.received,
+        match t.generated {
+            0 => String::new(),
+            g => format!("  generated {g}"),
+        },
+        t.transmitted,
+        t.dropped,
+        t.slow_path,
+        t.in_flight
     )
 }
 
 fn totals_json(t: &pb::Totals) -> Value {
     json!({
         "received": t.received, "transmitted": t.transmitted, "dropped": t.dropped,
-        "slow_path": t.slow_path, "in_flight": t.in_flight,
-        "conserved": t.received as i64 == (t.transmitted + t.dropped + t.slow_path) as i64 + t.in_flight,
+        "slow_path": t.slow_path, "in_flight": t.in_flight, "generated": t.generated,
+        "conserved": (t.received + t.generated) as i64 == (t.transmitted + t.dropped + t.slow_path) as i64 + t.in_flight,
     })
 }
 
@@ -1021,6 +1219,290 @@ fn chain_text(h: &pb::HandlerChain) -> String {
     s
 }
 
+// ---- lb -----------------------------------------------------------------------------------
+
+async fn lb(c: &mut Client, a: LbArgs, json: bool) -> Result<(), Failure> {
+    use pb::lb_change::Change as C;
+    let handler = a.handler;
+    let (change, base) = match a.cmd.unwrap_or(LbCmd::Show) {
+        LbCmd::Show => {
+            let s = c.lb.get(pb::GetLbRequest { handler }).await?.into_inner();
+            out(json, lb_state_json(&s), || lb_state_text(&s));
+            return Ok(());
+        }
+        LbCmd::Stats => {
+            let s =
+                c.lb.get_stats(pb::GetLbStatsRequest { handler })
+                    .await?
+                    .into_inner();
+            out(json, lb_stats_json(&s), || lb_stats_text(&s));
+            return Ok(());
+        }
+        LbCmd::Vip { cmd } => match cmd {
+            VipCmd::Add { vip, flags, base } => (
+                C::AddVip(pb::LbAddVip {
+                    vip: Some(vip.0),
+                    flags,
+                }),
+                base,
+            ),
+            VipCmd::Rm { vip, base } => (C::RemoveVip(pb::LbRemoveVip { vip: Some(vip.0) }), base),
+            VipCmd::Flags { vip, flags, base } => (
+                C::SetFlags(pb::LbSetFlags {
+                    vip: Some(vip.0),
+                    flags,
+                }),
+                base,
+            ),
+        },
+        LbCmd::Real { cmd } => match cmd {
+            RealCmd::Add {
+                vip,
+                real,
+                weight,
+                base,
+            } => (
+                C::AddReal(pb::LbAddReal {
+                    vip: Some(vip.0),
+                    real,
+                    weight: Some(weight),
+                }),
+                base,
+            ),
+            RealCmd::Rm { vip, real, base } => (
+                C::RemoveReal(pb::LbRemoveReal {
+                    vip: Some(vip.0),
+                    real,
+                }),
+                base,
+            ),
+            RealCmd::Weight {
+                vip,
+                real,
+                weight,
+                base,
+            } => (
+                C::SetWeight(pb::LbSetWeight {
+                    vip: Some(vip.0),
+                    real,
+                    weight,
+                }),
+                base,
+            ),
+            RealCmd::Down { vip, real, base } => (
+                C::SetDown(pb::LbSetDown {
+                    vip: Some(vip.0),
+                    real,
+                    down: true,
+                }),
+                base,
+            ),
+            RealCmd::Up { vip, real, base } => (
+                C::SetDown(pb::LbSetDown {
+                    vip: Some(vip.0),
+                    real,
+                    down: false,
+                }),
+                base,
+            ),
+        },
+    };
+    let r =
+        c.lb.update(pb::UpdateLbRequest {
+            handler,
+            base_version: base.base_version,
+            changes: vec![pb::LbChange {
+                change: Some(change),
+            }],
+        })
+        .await
+        .map_err(|s| Failure::Server(format!("rejected, nothing changed: {}", describe(&s))))?;
+    let v = r.into_inner().version;
+    out(json, json!({"accepted": true, "version": v}), || {
+        format!("accepted: lb version {v}\n")
+    });
+    Ok(())
+}
+
+fn vip_json(v: &Option<pb::VipRef>) -> Value {
+    json!(v.as_ref().map(control::lb::vip_text))
+}
+
+fn lb_state_json(s: &pb::LbState) -> Value {
+    json!({
+        "handler": s.handler, "version": s.version, "router_mac": s.router_mac,
+        "encap": s.encap, "gue_port": s.gue_port, "conn_table_size": s.conn_table_size,
+        "vips": s.vips.iter().map(|v| json!({
+            "vip": vip_json(&v.vip), "number": v.number, "flags": v.flags,
+            "reals": v.reals.iter().map(|r| json!({
+                "address": r.address, "id": r.id, "weight": r.weight, "down": r.down,
+                "slots": r.slots,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "quic_servers": s.quic_servers.iter().map(|q| json!({"id": q.id, "real": q.real})).collect::<Vec<_>>(),
+        "src_routes": s.src_routes.iter().map(|r| json!({"prefix": r.prefix, "real": r.real})).collect::<Vec<_>>(),
+    })
+}
+
+fn lb_state_text(s: &pb::LbState) -> String {
+    let mut rows = Vec::new();
+    for v in &s.vips {
+        let name = v
+            .vip
+            .as_ref()
+            .map(control::lb::vip_text)
+            .unwrap_or_default();
+        let flags = if v.flags.is_empty() {
+            "-".to_string()
+        } else {
+            v.flags.join(",")
+        };
+        if v.reals.is_empty() {
+            rows.push(vec![
+                name,
+                v.number.to_string(),
+                flags,
+                "(no reals: traffic dropped)".into(),
+            ]);
+            continue;
+        }
+        for (i, r) in v.reals.iter().enumerate() {
+            let first = i == 0;
+            rows.push(vec![
+                if first { name.clone() } else { String::new() },
+                if first {
+                    v.number.to_string()
+                } else {
+                    String::new()
+                },
+                if first { flags.clone() } else { String::new() },
+                r.address.clone(),
+                r.id.to_string(),
+                r.weight.to_string(),
+                if r.down { "down" } else { "up" }.into(),
+                format!("{} ({:.1}%)", r.slots, 100.0 * f64::from(r.slots) / 65537.0),
+            ]);
+        }
+    }
+    let mut o = format!(
+        "lb handler {}, version {}: router {}, {} encapsulation{}, {} connection-table entries per worker\n",
+        s.handler,
+        s.version,
+        s.router_mac,
+        s.encap,
+        if s.encap == "gue" {
+            format!(" (port {})", s.gue_port)
+        } else {
+            String::new()
+        },
+        s.conn_table_size
+    );
+    if s.vips.is_empty() {
+        o += "no VIPs\n";
+    } else {
+        o += &table(
+            &[
+                "VIP",
+                "#",
+                "FLAGS",
+                "REAL",
+                "ID",
+                "WEIGHT",
+                "STATE",
+                "RING SLOTS",
+            ],
+            &rows,
+        );
+    }
+    if !s.quic_servers.is_empty() {
+        o += &format!(
+            "quic server ids: {}\n",
+            s.quic_servers
+                .iter()
+                .map(|q| format!("{} -> {}", q.id, q.real))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !s.src_routes.is_empty() {
+        o += &format!(
+            "source routes: {}\n",
+            s.src_routes
+                .iter()
+                .map(|r| format!("{} -> {}", r.prefix, r.real))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    o
+}
+
+fn lb_stats_json(s: &pb::LbStats) -> Value {
+    json!({
+        "handler": s.handler, "version": s.version, "workers": s.workers,
+        "vips": s.vips.iter().map(|v| json!({
+            "vip": vip_json(&v.vip), "packets": v.packets, "bytes": v.bytes,
+        })).collect::<Vec<_>>(),
+        "conn_hits": s.conn_hits, "conn_misses": s.conn_misses,
+        "conn_evictions": s.conn_evictions, "quic_routed": s.quic_routed,
+        "src_routed": s.src_routed, "ring_routed": s.ring_routed, "icmp_echo": s.icmp_echo,
+        "icmp_errors": s.icmp_errors, "passed": s.passed, "drops": drops_json(&s.drops),
+    })
+}
+
+fn lb_stats_text(s: &pb::LbStats) -> String {
+    let rows: Vec<Vec<String>> = s
+        .vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.vip
+                    .as_ref()
+                    .map(control::lb::vip_text)
+                    .unwrap_or_default(),
+                v.packets.to_string(),
+                v.bytes.to_string(),
+            ]
+        })
+        .collect();
+    let mut o = format!(
+        "lb handler {}, version {}, counters of {} worker instance{}\n",
+        s.handler,
+        s.version,
+        s.workers,
+        if s.workers == 1 { "" } else { "s" }
+    );
+    if !rows.is_empty() {
+        o += &table(&["VIP", "PACKETS", "BYTES"], &rows);
+    }
+    o += &format!(
+        "connection table: {} hits, {} misses, {} evictions\n\
+         real chosen by: ring {}, quic server id {}, source route {}\n\
+         icmp: {} echo requests answered, {} errors sent to their flow's real\n\
+         passed down the chain: {}\n\
+         drops: {}\n",
+        s.conn_hits,
+        s.conn_misses,
+        s.conn_evictions,
+        s.ring_routed,
+        s.quic_routed,
+        s.src_routed,
+        s.icmp_echo,
+        s.icmp_errors,
+        s.passed,
+        if s.drops.is_empty() {
+            "none".to_string()
+        } else {
+            s.drops
+                .iter()
+                .map(|d| format!("{} {}", d.reason, d.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    o
+}
+
 // ---- stats --------------------------------------------------------------------------------
 
 async fn stats(c: &mut Client, a: &StatsArgs, json: bool) -> Result<(), Failure> {
@@ -1204,7 +1686,60 @@ fn stats_text(s: &pb::StatsSnapshot, prev: Option<&pb::StatsSnapshot>) -> String
         ],
         &rows,
     );
+    o += &handler_stats_text(s);
     o
+}
+
+/// Per-worker counters of handlers that keep them (the kv cache), one table per handler.
+fn handler_stats_text(s: &pb::StatsSnapshot) -> String {
+    let mut o = String::new();
+    for h in &s.handlers {
+        let names: Vec<String> = h
+            .workers
+            .first()
+            .map(|w| w.counters.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        let mut header = vec!["WORKER".to_string()];
+        header.extend(names.iter().map(|n| n.to_uppercase()));
+        let rows: Vec<Vec<String>> = h
+            .workers
+            .iter()
+            .map(|w| {
+                let mut row = vec![format!("w{}", w.worker)];
+                row.extend(names.iter().map(|n| {
+                    w.counters
+                        .iter()
+                        .find(|c| &c.name == n)
+                        .map_or_else(|| "-".into(), |c| c.value.to_string())
+                }));
+                row
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        o += &format!("\n{}\n{}", h.kind, table(&header, &rows));
+    }
+    o
+}
+
+fn handler_stats_json(s: &pb::StatsSnapshot) -> Value {
+    Value::Array(
+        s.handlers
+            .iter()
+            .map(|h| {
+                json!({
+                    "kind": h.kind,
+                    "workers": h.workers.iter().map(|w| {
+                        let mut m = serde_json::Map::new();
+                        m.insert("worker".into(), json!(format!("w{}", w.worker)));
+                        for c in &w.counters {
+                            m.insert(c.name.clone(), json!(c.value));
+                        }
+                        Value::Object(m)
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn drops_json(d: &[pb::DropCount]) -> Value {
@@ -1241,7 +1776,9 @@ fn stats_json(s: &pb::StatsSnapshot, prev: Option<&pb::StatsSnapshot>) -> Value 
             "tx_bytes": w.tx_bytes, "ring_in": w.ring_in, "ring_out": w.ring_out,
             "slow_path": w.slow_path, "copies": w.copies, "busy_polls": w.busy_polls,
             "idle_polls": w.idle_polls, "drops": drops_json(&w.drops), "latency": latency_json(&w.latency),
+            "generated": w.generated,
         })).collect::<Vec<_>>(),
+        "handlers": handler_stats_json(s),
         "ports": s.ports.iter().map(|p| json!({
             "id": format!("p{}", p.id), "kind": p.kind, "rx_packets": p.rx_packets,
             "rx_bytes": p.rx_bytes, "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes,
@@ -1274,6 +1811,30 @@ mod tests {
         );
         assert!(parse_spec("  ").is_err());
         assert!(parse_spec("udp-echo port").is_err());
+    }
+
+    #[test]
+    fn vips_parse() {
+        let v: VipArg = "198.18.1.1:80/tcp".parse().unwrap();
+        assert_eq!(
+            (v.0.address.as_str(), v.0.port, v.0.proto),
+            ("198.18.1.1", 80, pb::LbProto::Tcp as i32)
+        );
+        let v: VipArg = "[2001:db8::1]:0/udp".parse().unwrap();
+        assert_eq!((v.0.address.as_str(), v.0.port), ("2001:db8::1", 0));
+        // The address itself is the appliance's to check (a refusal naming the field).
+        assert!("300.1.1.1:80/tcp".parse::<VipArg>().is_ok());
+        for bad in [
+            "198.18.1.1:80",
+            "198.18.1.1/tcp",
+            "198.18.1.1:80/sctp",
+            "198.18.1.1:70000/tcp",
+            "2001:db8::1:80/tcp",
+            "[2001:db8::1:80/tcp",
+            ":80/tcp",
+        ] {
+            assert!(bad.parse::<VipArg>().is_err(), "{bad}");
+        }
     }
 
     #[test]

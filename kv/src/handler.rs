@@ -1,0 +1,399 @@
+//! The `kv` handler: one instance per worker, all sharing one [`Store`].
+//!
+//! Per burst: the worker's own partition (if it owns one) is taken for the whole burst
+//! (one uncontended flag, see `store::Cell`), its upkeep runs (pending flushes, budget
+//! moves, gauges), then every frame still `Next` is looked at:
+//!
+//! - not UDP to the kv port: left for the next handler;
+//! - a bad UDP checksum: dropped (`bad_checksum`);
+//! - 8 bytes or less: consumed without an answer (memcached ignores such datagrams);
+//! - a datagram count other than 1: `SERVER_ERROR multi-packet request not supported`;
+//! - otherwise its commands run here as far as this core owns their keys (`exec`); the
+//!   answer so far is sent, and the datagram is forwarded (`Verdict::Forward`) to the
+//!   owner of the next key, which goes on where this core stopped. The resume offset
+//!   travels in the frame header's reserved field with its top bit set (memcached ignores
+//!   that field; a client that sets the bit skips part of its own request, nothing more).
+//!
+//! Answers: every message is split into datagrams of at most 1400 bytes (memcached's
+//! `UDP_MAX_PAYLOAD_SIZE`, header included), numbered from 0 with the message's datagram
+//! count. On the core that finishes a datagram, the first answer datagram is written into
+//! the request's own frame (`Verdict::Tx` back out of the queue it came from); every other
+//! datagram is a frame from `Emit` (same pool, so no copy on transmit), counted by the
+//! engine as generated. When the burst's emit room or the pool runs out, the answer is
+//! replaced by memcached's `SERVER_ERROR out of memory writing get response`.
+
+use std::sync::Arc;
+
+use dataplane::mem::HEADROOM;
+use dataplane::{Context, DropReason, Emit, Frame, Handler, Verdict};
+
+use crate::cache::{unix_now, Store};
+use crate::exec::{self, Hop, Next, Out};
+use crate::proto::{FrameHeader, HEADER_LEN, MAX_CHUNK};
+use crate::stats::Counters;
+use crate::store::Partition;
+use crate::wire::{self, Class, Template};
+
+/// Marks a forwarded datagram's reserved field: the low 15 bits are the payload offset to
+/// resume at.
+pub const RESUME: u16 = 0x8000;
+
+/// The handler instance of one worker.
+pub struct Kv {
+    store: Option<Arc<Store>>,
+    port: u16,
+    out: Out,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv")
+            .field("port", &self.port)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Kv {
+    /// An instance serving `port` from `store`. Without a store (its memory could not be
+    /// mapped) every request is answered `SERVER_ERROR out of memory`.
+    pub fn new(store: Option<Arc<Store>>, port: u16) -> Kv {
+        Kv {
+            store,
+            port,
+            out: Out::default(),
+        }
+    }
+
+    /// The store served.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+}
+
+impl Handler for Kv {
+    fn name(&self) -> &str {
+        "kv"
+    }
+
+    /// Without `Emit` (a chain run outside the engine): answers longer than one datagram
+    /// become an error line.
+    fn process(&mut self, frames: &mut [Frame], verdicts: &mut [Verdict], cx: &Context) {
+        let mut none = Vec::new();
+        let mut emit = Emit::new(&mut [], &mut none);
+        self.process_emit(frames, verdicts, cx, &mut emit);
+    }
+
+    fn process_emit(
+        &mut self,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+        cx: &Context,
+        emit: &mut Emit<'_>,
+    ) {
+        let Kv { store, port, out } = self;
+        let port = *port;
+        let now = unix_now();
+        let Some(store) = store.as_deref() else {
+            broken(frames, verdicts, port, out, emit);
+            return;
+        };
+        let me = cx.worker;
+        let c = store.counters(me);
+        let mut b = Burst {
+            store,
+            c,
+            now,
+            port,
+            out,
+        };
+        match store.partition_of_worker(me).and_then(|i| store.cell(i).map(|c| (i, c))) {
+            Some((i, cell)) => {
+                let ran = cell.with(|part| {
+                    store.upkeep(i, part, now, c);
+                    b.run(Some((i, part)), frames, verdicts, emit);
+                });
+                if ran.is_none() {
+                    // Someone else holds this worker's partition (two threads claiming one
+                    // worker id): refuse rather than forward the keys to ourselves.
+                    for (f, v) in frames.iter().zip(verdicts.iter_mut()) {
+                        if *v == Verdict::Next
+                            && matches!(wire::classify(f.data(), &f.meta.layout, port), Class::Request(_))
+                        {
+                            *v = Verdict::Drop(DropReason::Filtered);
+                        }
+                    }
+                }
+            }
+            None => b.run(None, frames, verdicts, emit),
+        }
+    }
+}
+
+/// What one burst works with.
+struct Burst<'a> {
+    store: &'a Store,
+    c: &'a Counters,
+    now: u32,
+    port: u16,
+    out: &'a mut Out,
+}
+
+impl Burst<'_> {
+    fn run(
+        &mut self,
+        mut part: Option<(usize, &mut Partition)>,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+        emit: &mut Emit<'_>,
+    ) {
+        let c = self.c;
+        for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            if *v != Verdict::Next {
+                continue;
+            }
+            let layout = f.meta.layout;
+            let range = match wire::classify(f.data(), &layout, self.port) {
+                Class::NotOurs => continue,
+                Class::BadChecksum => {
+                    c.bad_checksum.inc();
+                    *v = Verdict::Drop(DropReason::BadChecksum);
+                    continue;
+                }
+                Class::Request(r) => r,
+            };
+            let data = f.data();
+            let dgram = &data[range.clone()];
+            let (Some(hdr), Some(tpl)) = (
+                FrameHeader::parse(dgram).filter(|_| dgram.len() > HEADER_LEN),
+                Template::for_request(data, &layout),
+            ) else {
+                // memcached ignores datagrams of 8 bytes or less.
+                c.requests.inc();
+                *v = Verdict::Drop(DropReason::Consumed);
+                continue;
+            };
+            self.out.clear();
+            let next = if hdr.count != 1 {
+                c.errors.inc();
+                self.out
+                    .line("SERVER_ERROR multi-packet request not supported");
+                Next::Done
+            } else {
+                let resume = if hdr.reserved & RESUME != 0 {
+                    usize::from(hdr.reserved & !RESUME)
+                } else {
+                    0
+                };
+                let mut hop = Hop {
+                    store: self.store,
+                    part: part.as_mut().map(|(i, p)| (*i, &mut **p)),
+                    c,
+                    now: self.now,
+                };
+                exec::run(&mut hop, &dgram[HEADER_LEN..], resume, self.out)
+            };
+            match next {
+                Next::Done => {
+                    c.requests.inc();
+                    answer(f, Some(v), &tpl, hdr.request_id, self.out, emit, c);
+                }
+                Next::Forward { to, resume, blank } => {
+                    let d = &mut f.data_mut()[range];
+                    let mark = RESUME | (resume as u16 & !RESUME);
+                    d[6..8].copy_from_slice(&mark.to_be_bytes());
+                    if let Some(b) = blank {
+                        if let Some(s) = d.get_mut(HEADER_LEN + b.start..HEADER_LEN + b.end) {
+                            s.fill(b' ');
+                        }
+                    }
+                    // The owner checks the UDP checksum like any receiver.
+                    wire::refresh_checksum(f.data_mut(), &layout);
+                    c.forwarded.inc();
+                    forward(f, v, to, &tpl, hdr.request_id, self.out, emit, c);
+                }
+            }
+        }
+    }
+}
+
+/// Hands the (already marked) request to `to` after sending what this core answered.
+///
+/// The worker carries out the burst's own verdicts before the frames from `Emit`, and
+/// answers must reach the transmit queue before the ones the next owner makes. So when
+/// there is an answer, the request's frame carries its first datagram and a copy of the
+/// request, pushed after the other answer datagrams, is what travels on; both take the
+/// same ring when the transmitting core is the next owner, in that order. Without an
+/// answer the frame itself is forwarded.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    f: &mut Frame,
+    v: &mut Verdict,
+    to: dataplane::WorkerId,
+    tpl: &Template,
+    request_id: u16,
+    out: &mut Out,
+    emit: &mut Emit<'_>,
+    c: &Counters,
+) {
+    if out.is_empty() {
+        *v = Verdict::Forward(to);
+        return;
+    }
+    let Some(mut copy) = emit.alloc(f) else {
+        // No room for the copy: forward the frame itself; the answers may then arrive
+        // after the next owner's.
+        c.out_of_frames.inc();
+        answer(f, None, tpl, request_id, out, emit, c);
+        *v = Verdict::Forward(to);
+        return;
+    };
+    if !copy.try_fill(f.data()) {
+        emit.free(copy);
+        answer(f, None, tpl, request_id, out, emit, c);
+        *v = Verdict::Forward(to);
+        return;
+    }
+    answer(f, Some(&mut *v), tpl, request_id, out, emit, c);
+    emit.push(copy, Verdict::Forward(to));
+}
+
+/// Datagrams a message of `len` bytes takes with `chunk`-byte payloads.
+fn datagrams(len: usize, chunk: usize) -> usize {
+    len.div_ceil(chunk).max(1)
+}
+
+/// Sends `out`: the first datagram in `f` itself when `v` is given (the request is done
+/// here), every other one in frames from `emit`. Nothing to send: the request is consumed.
+fn answer(
+    f: &mut Frame,
+    v: Option<&mut Verdict>,
+    tpl: &Template,
+    request_id: u16,
+    out: &mut Out,
+    emit: &mut Emit<'_>,
+    c: &Counters,
+) {
+    let fin = v.is_some();
+    // Payload per datagram: memcached's, or less when frames are smaller than that.
+    let room = f.capacity().saturating_sub(usize::from(HEADROOM));
+    let chunk = MAX_CHUNK.min(room.saturating_sub(tpl.len() + HEADER_LEN));
+    let count = |out: &Out| -> usize {
+        out.messages()
+            .map(|(m, quit)| if quit { 1 } else { datagrams(m.len(), chunk) })
+            .sum()
+    };
+    let mut total = if chunk == 0 { 0 } else { count(out) };
+    if total > usize::from(fin) + emit.room() {
+        c.out_of_frames.inc();
+        c.errors.inc();
+        out.clear();
+        out.line("SERVER_ERROR out of memory writing get response");
+        total = count(out);
+        if total > usize::from(fin) + emit.room() {
+            total = 0;
+        }
+    }
+    let rx = f.meta.rx;
+    let Some(v) = v else {
+        if total > 0 {
+            send(f, None, tpl, request_id, out, emit, c, chunk);
+        }
+        return;
+    };
+    if total == 0 {
+        *v = Verdict::Drop(DropReason::Consumed);
+        return;
+    }
+    if send(f, Some(()), tpl, request_id, out, emit, c, chunk) {
+        *v = Verdict::Tx(rx);
+    } else {
+        *v = Verdict::Drop(DropReason::Consumed);
+    }
+}
+
+/// Writes the datagrams; `own` says whether the first one goes into `f`. Returns whether
+/// `f` was written.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    f: &mut Frame,
+    own: Option<()>,
+    tpl: &Template,
+    request_id: u16,
+    out: &Out,
+    emit: &mut Emit<'_>,
+    c: &Counters,
+    chunk: usize,
+) -> bool {
+    let rx = f.meta.rx;
+    let mut use_own = own.is_some();
+    let mut wrote_own = false;
+    for (m, quit) in out.messages() {
+        let n = if quit { 1 } else { datagrams(m.len(), chunk) };
+        for i in 0..n {
+            let part = if quit {
+                &[][..]
+            } else {
+                &m[i * chunk..((i + 1) * chunk).min(m.len())]
+            };
+            let h = FrameHeader {
+                request_id,
+                seq: i as u16,
+                count: if quit { 0 } else { n as u16 },
+                reserved: 0,
+            };
+            let len = tpl.len() + HEADER_LEN + part.len();
+            if use_own {
+                use_own = false;
+                if f.try_set_len(len) && tpl.write(f.data_mut(), &h, part).is_some() {
+                    wrote_own = true;
+                    c.datagrams.inc();
+                }
+                continue;
+            }
+            let Some(mut g) = emit.alloc(f) else {
+                c.out_of_frames.inc();
+                return wrote_own;
+            };
+            if g.try_set_len(len) && tpl.write(g.data_mut(), &h, part).is_some() {
+                emit.push(g, Verdict::Tx(rx));
+                c.datagrams.inc();
+            } else {
+                emit.free(g);
+                c.out_of_frames.inc();
+            }
+        }
+    }
+    wrote_own
+}
+
+/// Requests to a kv handler whose store could not be mapped.
+fn broken(
+    frames: &mut [Frame],
+    verdicts: &mut [Verdict],
+    port: u16,
+    out: &mut Out,
+    emit: &mut Emit<'_>,
+) {
+    let c = Counters::default();
+    for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+        if *v != Verdict::Next {
+            continue;
+        }
+        let layout = f.meta.layout;
+        let Class::Request(r) = wire::classify(f.data(), &layout, port) else {
+            continue;
+        };
+        let data = f.data();
+        let (Some(hdr), Some(tpl)) = (
+            FrameHeader::parse(&data[r]),
+            Template::for_request(data, &layout),
+        ) else {
+            *v = Verdict::Drop(DropReason::Consumed);
+            continue;
+        };
+        out.clear();
+        out.line("SERVER_ERROR out of memory");
+        answer(f, Some(v), &tpl, hdr.request_id, out, emit, &c);
+    }
+}
