@@ -321,7 +321,10 @@ fn print_final(r: &Report, json: bool) {
     }
     println!("slow path    {}", r.slow_path());
     if r.generated() > 0 {
-        println!("generated    {} (extra datagrams of multi-datagram answers)", r.generated());
+        println!(
+            "generated    {} (extra datagrams of multi-datagram answers)",
+            r.generated()
+        );
     }
     println!("copies       {}", w.copies);
     println!(

@@ -62,7 +62,7 @@ const LOAD_THREADS: usize = 2;
 /// The load runs until the changes are done and at least this many requests were sent...
 const MIN_REQUESTS: u64 = 50_000;
 /// ...and never sends more than this many (spread over the load threads). The changes
-/// take about 150k requests on a quiet 2-core machine; the room above that is for a loaded
+/// take 100k-150k requests on a 2-core machine; the room above that is for a loaded
 /// one, where a `ctl` process may start slowly while packets still flow fast.
 const MAX_REQUESTS: u64 = 400_000;
 /// ...nor for longer than this.
@@ -483,7 +483,7 @@ fn classify_flows(lab: &Lab, ctl: &Ctl, dst: SocketAddr) -> Result<(Vec<Flow>, u
             break;
         }
         let sock = peer_flow_socket(lab, dst).map_err(|e| format!("peer socket: {e}"))?;
-        sock.set_read_timeout(Some(Duration::from_secs(2)))
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
         let before = ctl.stats()?;
         payload(CLASSIFY_FLOW, i, &mut req);
@@ -492,7 +492,7 @@ fn classify_flows(lab: &Lab, ctl: &Ctl, dst: SocketAddr) -> Result<(Vec<Flow>, u
         requests += 1;
         let n = sock
             .recv(&mut buf)
-            .map_err(|e| format!("classification request {i}: no reply within 2 s ({e})"))?;
+            .map_err(|e| format!("classification request {i}: no reply within 5 s ({e})"))?;
         if buf[..n] != req[..] {
             return Err(format!(
                 "classification request {i}: wrong reply {:02x?}",

@@ -272,7 +272,7 @@ impl<'a> Emit<'a> {
         } else {
             // A frame of a pool this worker has no cache for cannot come from `alloc`; it
             // shows up in that pool's leak accounting.
-            std::mem::forget(frame);
+            let _unreturned = frame;
         }
     }
 

@@ -34,11 +34,16 @@ pub const OUT_BYTES: usize = 1 << 20;
 pub const OUT_MESSAGES: usize = 4096;
 
 /// The answer to one datagram so far: messages, back to back.
+///
+/// Empty messages (a get's missed key, `quit`) are sent only when they come first in the
+/// datagram's answer, as a datagram with no payload and a count of 0: memcached sends the
+/// response object at the head of its queue whatever it holds, and drops the empty ones
+/// behind a sent one.
 #[derive(Debug)]
 pub struct Out {
     buf: Vec<u8>,
-    /// (end offset in `buf`, quit message)
-    ends: Vec<(u32, bool)>,
+    /// End offset of each message in `buf`.
+    ends: Vec<u32>,
 }
 
 impl Default for Out {
@@ -65,7 +70,7 @@ impl Out {
         if self.ends.len() == self.ends.capacity() {
             return false;
         }
-        self.ends.push((self.buf.len() as u32, false));
+        self.ends.push(self.buf.len() as u32);
         true
     }
 
@@ -79,7 +84,7 @@ impl Out {
         }
         self.buf.extend_from_slice(b);
         if let Some(e) = self.ends.last_mut() {
-            e.0 = self.buf.len() as u32;
+            *e = self.buf.len() as u32;
         }
         true
     }
@@ -94,15 +99,6 @@ impl Out {
         self.begin() && self.push(s.as_bytes()) && self.push(b"\r\n")
     }
 
-    /// memcached's answer to `quit`: an empty message whose header says 0 datagrams.
-    pub fn quit(&mut self) -> bool {
-        if self.ends.len() == self.ends.capacity() {
-            return false;
-        }
-        self.ends.push((self.buf.len() as u32, true));
-        true
-    }
-
     pub fn mark(&self) -> Mark {
         Mark(self.buf.len(), self.ends.len())
     }
@@ -112,21 +108,21 @@ impl Out {
         self.ends.truncate(m.1);
     }
 
-    /// The messages to send: (payload, quit). Empty messages (a get's misses) are skipped,
-    /// as memcached skips empty response objects.
-    pub fn messages(&self) -> impl Iterator<Item = (&[u8], bool)> + '_ {
+    /// The messages to send. `first`: these are the first of the datagram's answer (no
+    /// earlier core sent any), so an empty first message is sent too.
+    pub fn messages(&self, first: bool) -> impl Iterator<Item = &[u8]> + '_ {
         let mut start = 0usize;
-        self.ends.iter().filter_map(move |&(end, quit)| {
+        self.ends.iter().enumerate().filter_map(move |(i, &end)| {
             let end = end as usize;
             let m = &self.buf[start..end];
             start = end;
-            (quit || !m.is_empty()).then_some((m, quit))
+            (!m.is_empty() || (first && i == 0)).then_some(m)
         })
     }
 
     /// True when there is nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.messages().next().is_none()
+    pub fn is_empty(&self, first: bool) -> bool {
+        self.messages(first).next().is_none()
     }
 }
 
@@ -200,9 +196,16 @@ pub fn run(hop: &mut Hop<'_>, payload: &[u8], start: usize, out: &mut Out) -> Ne
         let c = hop.c;
         let now = hop.now;
         match cmd {
-            Command::Get { cas, touch, line: text } => {
+            Command::Get {
+                cas,
+                touch,
+                line: text,
+            } => {
                 let skip = usize::from(touch.is_some());
-                if proto::keys(text).skip(skip).any(|k| k.len() > proto::KEY_MAX) {
+                if proto::keys(text)
+                    .skip(skip)
+                    .any(|k| k.len() > proto::KEY_MAX)
+                {
                     // memcached drops the answers it had stacked, then says this.
                     out.rollback(hop_start);
                     say(out, c, "CLIENT_ERROR bad command line format", false);
@@ -245,7 +248,8 @@ pub fn run(hop: &mut Hop<'_>, payload: &[u8], start: usize, out: &mut Out) -> Ne
                             if cas {
                                 ok &= out.push(b" ") && out.push_u64(f.cas);
                             }
-                            ok &= out.push(b"\r\n") && out.push(part.value(&f)) && out.push(b"\r\n");
+                            ok &=
+                                out.push(b"\r\n") && out.push(part.value(&f)) && out.push(b"\r\n");
                         }
                         None => {
                             c.misses.inc();
@@ -259,7 +263,12 @@ pub fn run(hop: &mut Hop<'_>, payload: &[u8], start: usize, out: &mut Out) -> Ne
                 if !ok {
                     out.rollback(mark);
                     c.out_of_frames.inc();
-                    say(out, c, "SERVER_ERROR out of memory writing get response", false);
+                    say(
+                        out,
+                        c,
+                        "SERVER_ERROR out of memory writing get response",
+                        false,
+                    );
                 }
                 pos = line.next;
             }
@@ -444,7 +453,8 @@ pub fn run(hop: &mut Hop<'_>, payload: &[u8], start: usize, out: &mut Out) -> Ne
                 pos = line.next;
             }
             Command::Quit => {
-                out.quit();
+                // memcached answers with an empty message and reads no further.
+                out.begin();
                 return Next::Done;
             }
             Command::Reply { line: l, noreply } => {

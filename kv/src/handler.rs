@@ -34,9 +34,14 @@ use crate::stats::Counters;
 use crate::store::Partition;
 use crate::wire::{self, Class, Template};
 
-/// Marks a forwarded datagram's reserved field: the low 15 bits are the payload offset to
+/// Marks a forwarded datagram's reserved field: the low 14 bits are the payload offset to
 /// resume at.
 pub const RESUME: u16 = 0x8000;
+/// Also set in a forwarded datagram's reserved field when an earlier core already sent
+/// part of the answer (so an empty message is no longer the answer's first).
+pub const ANSWERED: u16 = 0x4000;
+/// The resume offset's bits.
+const OFFSET: u16 = 0x3fff;
 
 /// The handler instance of one worker.
 pub struct Kv {
@@ -107,7 +112,10 @@ impl Handler for Kv {
             port,
             out,
         };
-        match store.partition_of_worker(me).and_then(|i| store.cell(i).map(|c| (i, c))) {
+        match store
+            .partition_of_worker(me)
+            .and_then(|i| store.cell(i).map(|c| (i, c)))
+        {
             Some((i, cell)) => {
                 let ran = cell.with(|part| {
                     store.upkeep(i, part, now, c);
@@ -118,7 +126,10 @@ impl Handler for Kv {
                     // worker id): refuse rather than forward the keys to ourselves.
                     for (f, v) in frames.iter().zip(verdicts.iter_mut()) {
                         if *v == Verdict::Next
-                            && matches!(wire::classify(f.data(), &f.meta.layout, port), Class::Request(_))
+                            && matches!(
+                                wire::classify(f.data(), &f.meta.layout, port),
+                                Class::Request(_)
+                            )
                         {
                             *v = Verdict::Drop(DropReason::Filtered);
                         }
@@ -174,14 +185,16 @@ impl Burst<'_> {
                 continue;
             };
             self.out.clear();
+            let forwarded = hdr.reserved & RESUME != 0;
+            let first = !(forwarded && hdr.reserved & ANSWERED != 0);
             let next = if hdr.count != 1 {
                 c.errors.inc();
                 self.out
                     .line("SERVER_ERROR multi-packet request not supported");
                 Next::Done
             } else {
-                let resume = if hdr.reserved & RESUME != 0 {
-                    usize::from(hdr.reserved & !RESUME)
+                let resume = if forwarded {
+                    usize::from(hdr.reserved & OFFSET)
                 } else {
                     0
                 };
@@ -196,11 +209,20 @@ impl Burst<'_> {
             match next {
                 Next::Done => {
                     c.requests.inc();
-                    answer(f, Some(v), &tpl, hdr.request_id, self.out, emit, c);
+                    answer(f, Some(v), &tpl, hdr.request_id, self.out, first, emit, c);
+                }
+                Next::Forward { resume, .. } if resume > usize::from(OFFSET) => {
+                    // The resume offset does not fit in the mark (datagrams over 16 KiB,
+                    // jumbo frames only): the rest of the request is refused.
+                    c.requests.inc();
+                    c.errors.inc();
+                    self.out.line("SERVER_ERROR out of memory reading request");
+                    answer(f, Some(v), &tpl, hdr.request_id, self.out, first, emit, c);
                 }
                 Next::Forward { to, resume, blank } => {
+                    let answered = !first || !self.out.is_empty(first);
                     let d = &mut f.data_mut()[range];
-                    let mark = RESUME | (resume as u16 & !RESUME);
+                    let mark = RESUME | if answered { ANSWERED } else { 0 } | resume as u16;
                     d[6..8].copy_from_slice(&mark.to_be_bytes());
                     if let Some(b) = blank {
                         if let Some(s) = d.get_mut(HEADER_LEN + b.start..HEADER_LEN + b.end) {
@@ -210,7 +232,7 @@ impl Burst<'_> {
                     // The owner checks the UDP checksum like any receiver.
                     wire::refresh_checksum(f.data_mut(), &layout);
                     c.forwarded.inc();
-                    forward(f, v, to, &tpl, hdr.request_id, self.out, emit, c);
+                    forward(f, v, to, &tpl, hdr.request_id, self.out, first, emit, c);
                 }
             }
         }
@@ -233,10 +255,11 @@ fn forward(
     tpl: &Template,
     request_id: u16,
     out: &mut Out,
+    first: bool,
     emit: &mut Emit<'_>,
     c: &Counters,
 ) {
-    if out.is_empty() {
+    if out.is_empty(first) {
         *v = Verdict::Forward(to);
         return;
     }
@@ -244,17 +267,17 @@ fn forward(
         // No room for the copy: forward the frame itself; the answers may then arrive
         // after the next owner's.
         c.out_of_frames.inc();
-        answer(f, None, tpl, request_id, out, emit, c);
+        answer(f, None, tpl, request_id, out, first, emit, c);
         *v = Verdict::Forward(to);
         return;
     };
     if !copy.try_fill(f.data()) {
         emit.free(copy);
-        answer(f, None, tpl, request_id, out, emit, c);
+        answer(f, None, tpl, request_id, out, first, emit, c);
         *v = Verdict::Forward(to);
         return;
     }
-    answer(f, Some(&mut *v), tpl, request_id, out, emit, c);
+    answer(f, Some(&mut *v), tpl, request_id, out, first, emit, c);
     emit.push(copy, Verdict::Forward(to));
 }
 
@@ -263,14 +286,17 @@ fn datagrams(len: usize, chunk: usize) -> usize {
     len.div_ceil(chunk).max(1)
 }
 
-/// Sends `out`: the first datagram in `f` itself when `v` is given (the request is done
-/// here), every other one in frames from `emit`. Nothing to send: the request is consumed.
+/// Sends `out` (`first`: no earlier core sent part of this answer): the first datagram in
+/// `f` itself when `v` is given (the request is done here), every other one in frames from
+/// `emit`. Nothing to send: the request is consumed.
+#[allow(clippy::too_many_arguments)]
 fn answer(
     f: &mut Frame,
     v: Option<&mut Verdict>,
     tpl: &Template,
     request_id: u16,
     out: &mut Out,
+    first: bool,
     emit: &mut Emit<'_>,
     c: &Counters,
 ) {
@@ -278,11 +304,8 @@ fn answer(
     // Payload per datagram: memcached's, or less when frames are smaller than that.
     let room = f.capacity().saturating_sub(usize::from(HEADROOM));
     let chunk = MAX_CHUNK.min(room.saturating_sub(tpl.len() + HEADER_LEN));
-    let count = |out: &Out| -> usize {
-        out.messages()
-            .map(|(m, quit)| if quit { 1 } else { datagrams(m.len(), chunk) })
-            .sum()
-    };
+    let count =
+        |out: &Out| -> usize { out.messages(first).map(|m| datagrams(m.len(), chunk)).sum() };
     let mut total = if chunk == 0 { 0 } else { count(out) };
     if total > usize::from(fin) + emit.room() {
         c.out_of_frames.inc();
@@ -297,7 +320,7 @@ fn answer(
     let rx = f.meta.rx;
     let Some(v) = v else {
         if total > 0 {
-            send(f, None, tpl, request_id, out, emit, c, chunk);
+            send(f, None, tpl, request_id, out, first, emit, c, chunk);
         }
         return;
     };
@@ -305,7 +328,7 @@ fn answer(
         *v = Verdict::Drop(DropReason::Consumed);
         return;
     }
-    if send(f, Some(()), tpl, request_id, out, emit, c, chunk) {
+    if send(f, Some(()), tpl, request_id, out, first, emit, c, chunk) {
         *v = Verdict::Tx(rx);
     } else {
         *v = Verdict::Drop(DropReason::Consumed);
@@ -321,6 +344,7 @@ fn send(
     tpl: &Template,
     request_id: u16,
     out: &Out,
+    first: bool,
     emit: &mut Emit<'_>,
     c: &Counters,
     chunk: usize,
@@ -328,18 +352,16 @@ fn send(
     let rx = f.meta.rx;
     let mut use_own = own.is_some();
     let mut wrote_own = false;
-    for (m, quit) in out.messages() {
-        let n = if quit { 1 } else { datagrams(m.len(), chunk) };
+    for m in out.messages(first) {
+        let n = datagrams(m.len(), chunk);
+        // memcached's count: full and partial chunks (0 for an empty message).
+        let count = m.len().div_ceil(chunk).min(usize::from(u16::MAX)) as u16;
         for i in 0..n {
-            let part = if quit {
-                &[][..]
-            } else {
-                &m[i * chunk..((i + 1) * chunk).min(m.len())]
-            };
+            let part = &m[(i * chunk).min(m.len())..((i + 1) * chunk).min(m.len())];
             let h = FrameHeader {
                 request_id,
                 seq: i as u16,
-                count: if quit { 0 } else { n as u16 },
+                count,
                 reserved: 0,
             };
             let len = tpl.len() + HEADER_LEN + part.len();
@@ -394,6 +416,6 @@ fn broken(
         };
         out.clear();
         out.line("SERVER_ERROR out of memory");
-        answer(f, Some(v), &tpl, hdr.request_id, out, emit, &c);
+        answer(f, Some(v), &tpl, hdr.request_id, out, true, emit, &c);
     }
 }

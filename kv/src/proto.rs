@@ -370,7 +370,11 @@ impl<'a> Command<'a> {
             | Command::Delete { key, .. }
             | Command::Arith { key, .. }
             | Command::Touch { key, .. } => Some(key),
-            Command::TooLarge { op, key, .. } if op == StoreOp::Set => Some(key),
+            Command::TooLarge {
+                op: StoreOp::Set,
+                key,
+                ..
+            } => Some(key),
             _ => None,
         }
     }
@@ -449,8 +453,8 @@ pub fn parse(text: &[u8], item_size_max: usize) -> Command<'_> {
             if n > 3 {
                 let hold_is_zero = t.get(2) == b"0";
                 noreply = t.noreply();
-                let valid = (n == 4 && (hold_is_zero || noreply))
-                    || (n == 5 && hold_is_zero && noreply);
+                let valid =
+                    (n == 4 && (hold_is_zero || noreply)) || (n == 5 && hold_is_zero && noreply);
                 if !valid {
                     return reply(
                         "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]",
@@ -580,7 +584,7 @@ fn storage<'a>(t: &Tokens<'a>, op: StoreOp, item_size_max: usize) -> Command<'a>
             None => return reply(BAD_FORMAT, noreply),
         }
     }
-    if vlen < 0 || vlen > i32::MAX - 2 {
+    if !(0..=i32::MAX - 2).contains(&vlen) {
         return reply(BAD_FORMAT, noreply);
     }
     let len = vlen as usize;
@@ -680,7 +684,9 @@ mod tests {
         assert_eq!(t.ntokens(), 4);
         assert_eq!(t.get(1), b"a\t");
         assert_eq!(t.get(9), b"");
-        let many: Vec<u8> = (0..30).flat_map(|i| format!("k{i} ").into_bytes()).collect();
+        let many: Vec<u8> = (0..30)
+            .flat_map(|i| format!("k{i} ").into_bytes())
+            .collect();
         let t = Tokens::new(&many);
         assert_eq!(t.ntokens(), MAX_TOKENS);
         assert_eq!(t.last(), b"k22");
@@ -736,37 +742,105 @@ mod tests {
                 noreply: false
             }
         );
-        assert!(matches!(p("cas a 0 0 1 99 noreply"), Store { cas: 99, noreply: true, .. }));
+        assert!(matches!(
+            p("cas a 0 0 1 99 noreply"),
+            Store {
+                cas: 99,
+                noreply: true,
+                ..
+            }
+        ));
         assert_eq!(p("set a 0 0"), reply(ERROR, false));
         assert_eq!(p("set a x 0 1"), reply(BAD_FORMAT, false));
         assert_eq!(p("set a x 0 1 noreply"), reply(BAD_FORMAT, true));
         assert_eq!(p("set a 0 0 -1"), reply(BAD_FORMAT, false));
         assert_eq!(p("set a 0 0 1 2 3"), reply(ERROR, false));
         assert!(matches!(p("set a 0 0 1 foo"), Store { noreply: false, .. }));
-        assert!(matches!(p("set a 0 0 2000000"), TooLarge { len: 2_000_000, .. }));
+        assert!(matches!(
+            p("set a 0 0 2000000"),
+            TooLarge { len: 2_000_000, .. }
+        ));
         assert_eq!(p(""), reply(ERROR, false));
         assert_eq!(p("g"), reply(ERROR, false));
         assert_eq!(p("get"), reply(ERROR, false));
-        assert!(matches!(p("gets a b"), Get { cas: true, touch: None, .. }));
-        assert!(matches!(p("gat 10 a"), Get { cas: false, touch: Some(10), .. }));
+        assert!(matches!(
+            p("gets a b"),
+            Get {
+                cas: true,
+                touch: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p("gat 10 a"),
+            Get {
+                cas: false,
+                touch: Some(10),
+                ..
+            }
+        ));
         assert_eq!(p("gat x a"), reply(BAD_EXPTIME, false));
         assert_eq!(p("gat 1 a").key(), Some(&b"a"[..]));
         assert_eq!(p("get b a").key(), Some(&b"b"[..]));
-        assert_eq!(p("incr a x"), reply("CLIENT_ERROR invalid numeric delta argument", false));
+        assert_eq!(
+            p("incr a x"),
+            reply("CLIENT_ERROR invalid numeric delta argument", false)
+        );
         assert_eq!(p("incr a"), reply(ERROR, false));
-        assert!(matches!(p("decr a 5 noreply"), Arith { incr: false, delta: 5, noreply: true, .. }));
+        assert!(matches!(
+            p("decr a 5 noreply"),
+            Arith {
+                incr: false,
+                delta: 5,
+                noreply: true,
+                ..
+            }
+        ));
         assert!(matches!(p("delete a 0"), Delete { noreply: false, .. }));
-        assert!(matches!(p("delete a 0 noreply"), Delete { noreply: true, .. }));
-        assert!(matches!(p("delete a noreply"), Delete { noreply: true, .. }));
+        assert!(matches!(
+            p("delete a 0 noreply"),
+            Delete { noreply: true, .. }
+        ));
+        assert!(matches!(
+            p("delete a noreply"),
+            Delete { noreply: true, .. }
+        ));
         assert!(matches!(p("delete a 5"), Reply { noreply: false, .. }));
-        assert!(matches!(p("delete a 5 noreply"), Reply { noreply: true, .. }));
+        assert!(matches!(
+            p("delete a 5 noreply"),
+            Reply { noreply: true, .. }
+        ));
         assert_eq!(p("delete"), reply(ERROR, false));
         assert_eq!(p("touch a x"), reply(BAD_EXPTIME, false));
-        assert!(matches!(p("flush_all"), FlushAll { delay: 0, noreply: false }));
-        assert!(matches!(p("flush_all noreply"), FlushAll { delay: 0, noreply: true }));
-        assert!(matches!(p("flush_all 10 noreply"), FlushAll { delay: 10, noreply: true }));
+        assert!(matches!(
+            p("flush_all"),
+            FlushAll {
+                delay: 0,
+                noreply: false
+            }
+        ));
+        assert!(matches!(
+            p("flush_all noreply"),
+            FlushAll {
+                delay: 0,
+                noreply: true
+            }
+        ));
+        assert!(matches!(
+            p("flush_all 10 noreply"),
+            FlushAll {
+                delay: 10,
+                noreply: true
+            }
+        ));
         assert_eq!(p("flush_all x"), reply(BAD_EXPTIME, false));
-        assert!(matches!(p("flush_all 0 junk"), FlushAll { delay: 0, noreply: false }));
+        assert!(matches!(
+            p("flush_all 0 junk"),
+            FlushAll {
+                delay: 0,
+                noreply: false
+            }
+        ));
         assert_eq!(p("verbosity"), reply(ERROR, false));
         assert!(matches!(p("verbosity 1"), Verbosity { noreply: false }));
         assert_eq!(p("verbosity noreply"), reply(BAD_FORMAT, true));
@@ -788,8 +862,14 @@ mod tests {
         assert_eq!(expiry(0, 1000), 0);
         assert_eq!(expiry(10, 1000), 1010);
         assert_eq!(expiry(-1, 1000), 1);
-        assert_eq!(expiry(REALTIME_MAXDELTA as i32, 1000), 1000 + REALTIME_MAXDELTA as u32);
-        assert_eq!(expiry(REALTIME_MAXDELTA as i32 + 1, 1000), REALTIME_MAXDELTA as u32 + 1);
+        assert_eq!(
+            expiry(REALTIME_MAXDELTA as i32, 1000),
+            1000 + REALTIME_MAXDELTA as u32
+        );
+        assert_eq!(
+            expiry(REALTIME_MAXDELTA as i32 + 1, 1000),
+            REALTIME_MAXDELTA as u32 + 1
+        );
         assert_eq!(expiry(i32::MAX, 1000), i32::MAX as u32);
     }
 

@@ -82,7 +82,10 @@ impl KvSpec {
             return Err("workers: at least one worker must own a partition (default [0])".into());
         }
         if self.workers.len() > 255 {
-            return Err(format!("workers: {} partitions; at most 255", self.workers.len()));
+            return Err(format!(
+                "workers: {} partitions; at most 255",
+                self.workers.len()
+            ));
         }
         for (i, w) in self.workers.iter().enumerate() {
             if usize::from(*w) >= MAX_WORKERS {
@@ -95,10 +98,15 @@ impl KvSpec {
             }
         }
         if self.memory_mb == 0 {
-            return Err("memory_mb: 0 leaves no room for items; use at least 1 (default 64)".into());
+            return Err(
+                "memory_mb: 0 leaves no room for items; use at least 1 (default 64)".into(),
+            );
         }
         if self.memory_mb > 1 << 20 {
-            return Err(format!("memory_mb: {} MiB is more than 1 TiB", self.memory_mb));
+            return Err(format!(
+                "memory_mb: {} MiB is more than 1 TiB",
+                self.memory_mb
+            ));
         }
         if self.max_memory_mb != 0 && self.max_memory_mb < self.memory_mb {
             return Err(format!(
@@ -107,7 +115,10 @@ impl KvSpec {
             ));
         }
         if self.max_memory_mb > 1 << 20 {
-            return Err(format!("max_memory_mb: {} MiB is more than 1 TiB", self.max_memory_mb));
+            return Err(format!(
+                "max_memory_mb: {} MiB is more than 1 TiB",
+                self.max_memory_mb
+            ));
         }
         if self.capacity() < MIN_CAPACITY {
             return Err(format!(
@@ -173,7 +184,9 @@ pub fn store_for(spec: &KvSpec) -> Result<Arc<Store>, String> {
         .filter(|s| *s.shape() == shape)
     {
         s.set_budget(budget);
-        let old = s.flush_gen.swap(spec.flush, std::sync::atomic::Ordering::AcqRel);
+        let old = s
+            .flush_gen
+            .swap(spec.flush, std::sync::atomic::Ordering::AcqRel);
         if old != spec.flush {
             s.request_flush(0);
         }

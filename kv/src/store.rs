@@ -315,10 +315,7 @@ impl Partition {
             let base = self.region.as_ptr();
             (
                 std::slice::from_raw_parts_mut(base.cast::<u64>(), words),
-                std::slice::from_raw_parts_mut(
-                    base.add(words * 8),
-                    total - words * 8,
-                ),
+                std::slice::from_raw_parts_mut(base.add(words * 8), total - words * 8),
             )
         }
     }
@@ -520,7 +517,7 @@ impl Partition {
         let pos = (self.head % cap) as usize;
         let hd = read_hdr(self.log(), pos);
         let size = u64::from(hd.size);
-        if size < 8 || size % 8 != 0 || size > self.used() {
+        if size < 8 || size & 7 != 0 || size > self.used() {
             self.flush();
             return false;
         }
@@ -754,7 +751,9 @@ impl Partition {
         now: u32,
         c: &Counters,
     ) -> Stored {
-        let old = self.lookup(key, h, now, c).map(|(_, pos)| read_hdr(self.log(), pos));
+        let old = self
+            .lookup(key, h, now, c)
+            .map(|(_, pos)| read_hdr(self.log(), pos));
         let old_pos = self.find(key, h).map(|(_, p)| p);
         match (op, old) {
             (StoreOp::Add, Some(_)) => {
@@ -894,7 +893,7 @@ impl Partition {
         while at < self.tail {
             let pos = (at % cap) as usize;
             let hd = read_hdr(self.log(), pos);
-            if hd.size < 8 || hd.size % 8 != 0 {
+            if hd.size < 8 || hd.size & 7 != 0 {
                 return Err(format!("bad entry size {} at {at}", hd.size));
             }
             if hd.kind == KIND_LIVE {
@@ -1005,7 +1004,18 @@ mod tests {
     }
 
     fn set(p: &mut Partition, k: &str, v: &[u8], c: &Counters) -> Stored {
-        p.store(StoreOp::Set, k.as_bytes(), hash(k.as_bytes()), 0, 0, v, 0, 1 << 20, 100, c)
+        p.store(
+            StoreOp::Set,
+            k.as_bytes(),
+            hash(k.as_bytes()),
+            0,
+            0,
+            v,
+            0,
+            1 << 20,
+            100,
+            c,
+        )
     }
 
     fn get(p: &mut Partition, k: &str, c: &Counters) -> Option<Vec<u8>> {
@@ -1105,7 +1115,10 @@ mod tests {
         let f = p.get(k, h, 100, None, &c).unwrap();
         assert_eq!(p.value(&f), b"1099");
         assert_eq!(p.arith(k, h, false, 5000, 100, &c), Arith::Value(0));
-        assert_eq!(p.arith(b"zz", hash(b"zz"), true, 1, 100, &c), Arith::NotFound);
+        assert_eq!(
+            p.arith(b"zz", hash(b"zz"), true, 1, 100, &c),
+            Arith::NotFound
+        );
         p.store(StoreOp::Set, k, h, 0, 0, b"x1", 0, 1 << 20, 100, &c);
         assert_eq!(p.arith(k, h, true, 1, 100, &c), Arith::NonNumeric);
         p.check().unwrap();

@@ -192,8 +192,7 @@ impl Template {
         if t.v6 {
             let p = Ipv6Packet::new_checked(ip).ok()?;
             let (src, dst) = (p.dst_addr(), p.src_addr());
-            let udp = UdpPacket::new_checked(ip.get(IPV6..)?).ok()?;
-            (sport, dport) = (udp.dst_port(), udp.src_port());
+            (sport, dport) = reply_ports(ip.get(IPV6..)?)?;
             let h = &mut t.hdr[l3..l3 + IPV6];
             h[0] = 0x60;
             h[6] = ip_proto::UDP;
@@ -205,8 +204,7 @@ impl Template {
         } else {
             let p = Ipv4Packet::new_checked(ip).ok()?;
             let (src, dst) = (p.dst_addr(), p.src_addr());
-            let udp = UdpPacket::new_checked(ip.get(usize::from(p.header_len())..)?).ok()?;
-            (sport, dport) = (udp.dst_port(), udp.src_port());
+            (sport, dport) = reply_ports(ip.get(usize::from(p.header_len())..)?)?;
             let h = &mut t.hdr[l3..l3 + IPV4];
             h[0] = 0x45;
             h[6] = 0x40; // DF
@@ -221,6 +219,12 @@ impl Template {
         t.hdr[u..u + 2].copy_from_slice(&sport.to_be_bytes());
         t.hdr[u + 2..u + 4].copy_from_slice(&dport.to_be_bytes());
         Some(t)
+    }
+
+    /// The reply headers for a datagram whose first IPv4 fragment is `frame` (its UDP
+    /// header is there; its length field covers the whole datagram).
+    pub fn for_first_fragment(frame: &[u8], layout: &Layout) -> Option<Template> {
+        Template::for_request(frame, layout)
     }
 
     /// Bytes in front of the memcached frame header.
@@ -265,6 +269,16 @@ impl Template {
     }
 }
 
+/// The reply's (source, destination) ports: the request's swapped, read straight from the
+/// UDP header (whose length field a first fragment cannot satisfy).
+fn reply_ports(l4: &[u8]) -> Option<(u16, u16)> {
+    let h = l4.get(..UDP)?;
+    Some((
+        u16::from_be_bytes([h[2], h[3]]),
+        u16::from_be_bytes([h[0], h[1]]),
+    ))
+}
+
 fn pseudo_v6_no_len(src: &Ipv6Addr, dst: &Ipv6Addr) -> u32 {
     checksum::pseudo_v6(src, dst, ip_proto::UDP, 0)
 }
@@ -305,7 +319,10 @@ mod tests {
             ..Endpoints6::default()
         };
         let f6 = build::udp6(&e6, b"12345678version\r\n", Some(5));
-        assert!(matches!(classify(&f6, &layout(&f6), 11211), Class::Request(_)));
+        assert!(matches!(
+            classify(&f6, &layout(&f6), 11211),
+            Class::Request(_)
+        ));
     }
 
     /// A reply parses as a valid frame with the addresses reversed and correct checksums.

@@ -27,9 +27,20 @@ fn protocol_round_trip_on_one_core() {
     let text = String::from_utf8(g.clone()).unwrap();
     assert!(text.starts_with("VALUE a 0 7 "), "{text}");
     assert!(text.ends_with("\r\n<hello!\r\nEND\r\n"), "{text}");
-    let cas: u64 = text["VALUE a 0 7 ".len()..].split("\r\n").next().unwrap().parse().unwrap();
-    assert_eq!(rig.ask(format!("cas a 0 0 1 {}\r\nz\r\n", cas + 1).as_bytes()), b"EXISTS\r\n");
-    assert_eq!(rig.ask(format!("cas a 0 0 1 {cas}\r\nz\r\n").as_bytes()), b"STORED\r\n");
+    let cas: u64 = text["VALUE a 0 7 ".len()..]
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        rig.ask(format!("cas a 0 0 1 {}\r\nz\r\n", cas + 1).as_bytes()),
+        b"EXISTS\r\n"
+    );
+    assert_eq!(
+        rig.ask(format!("cas a 0 0 1 {cas}\r\nz\r\n").as_bytes()),
+        b"STORED\r\n"
+    );
     assert_eq!(rig.ask(b"set n 3 0 2\r\n10\r\n"), b"STORED\r\n");
     assert_eq!(rig.ask(b"incr n 5\r\n"), b"15\r\n");
     assert_eq!(rig.ask(b"decr n 100\r\n"), b"0\r\n");
@@ -39,12 +50,22 @@ fn protocol_round_trip_on_one_core() {
     assert_eq!(rig.ask(b"delete n\r\n"), b"NOT_FOUND\r\n");
     assert_eq!(rig.ask(b"set q 0 0 1 noreply\r\nq\r\n"), b"");
     assert_eq!(rig.ask(b"bogus\r\n"), b"ERROR\r\n");
-    assert_eq!(rig.ask(b"version\r\n"), format!("VERSION {}\r\n", kv::exec::VERSION).as_bytes());
+    assert_eq!(
+        rig.ask(b"version\r\n"),
+        format!("VERSION {}\r\n", kv::exec::VERSION).as_bytes()
+    );
     assert_eq!(rig.ask(b"flush_all\r\n"), b"OK\r\n");
     assert_eq!(rig.ask(b"get a q\r\n"), b"END\r\n");
     // Several commands in one datagram: one message each.
     let m = rig.ask_on(0, b"set x 0 0 1\r\n1\r\nget x\r\nincr x 1\r\n");
-    assert_eq!(m, vec![b"STORED\r\n".to_vec(), b"VALUE x 0 1\r\n1\r\nEND\r\n".to_vec(), b"2\r\n".to_vec()]);
+    assert_eq!(
+        m,
+        vec![
+            b"STORED\r\n".to_vec(),
+            b"VALUE x 0 1\r\n1\r\nEND\r\n".to_vec(),
+            b"2\r\n".to_vec()
+        ]
+    );
     let s = String::from_utf8(rig.ask(b"stats\r\n")).unwrap();
     assert!(s.starts_with("STAT pid "), "{s}");
     assert!(s.contains("STAT get_hits "), "{s}");
@@ -66,7 +87,10 @@ fn framing_edge_cases() {
     rig.send(0, sport, &multi);
     let r = rig.settle();
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0].1.payload, b"SERVER_ERROR multi-packet request not supported\r\n");
+    assert_eq!(
+        r[0].1.payload,
+        b"SERVER_ERROR multi-packet request not supported\r\n"
+    );
     let mut f = common::request_frame(sport, &datagram(3, b"version\r\n"));
     let n = f.len();
     f[n - 1] ^= 0xff;
@@ -105,14 +129,22 @@ fn multi_datagram_answers_are_numbered_and_accounted() {
     assert_eq!(m.concat(), want);
     // Appends make one value longer than a datagram.
     for _ in 0..3 {
-        assert_eq!(rig.ask(&[b"append b1 0 0 1300\r\n".as_slice(), &big, b"\r\n"].concat()), b"STORED\r\n");
+        assert_eq!(
+            rig.ask(&[b"append b1 0 0 1300\r\n".as_slice(), &big, b"\r\n"].concat()),
+            b"STORED\r\n"
+        );
     }
     let sport = rig.sport();
     rig.send(0, sport, &datagram(5, b"get b1\r\n"));
     let replies: Vec<_> = rig.settle().into_iter().map(|(_, r)| r).collect();
     assert_eq!(replies.len(), 4, "5200+ bytes: 4 datagrams");
-    assert!(replies.iter().all(|r| r.count == 4 && r.payload.len() <= 1392));
-    assert_eq!(messages(&replies)[0].len(), "VALUE b1 0 5200\r\n".len() + 5200 + 7);
+    assert!(replies
+        .iter()
+        .all(|r| r.count == 4 && r.payload.len() <= 1392));
+    assert_eq!(
+        messages(&replies)[0].len(),
+        "VALUE b1 0 5200\r\n".len() + 5200 + 7
+    );
     let r = rig.stop();
     // Two extra datagrams for the three-key get, three for the 5200-byte value.
     assert_eq!(r.generated(), 2 + 3);
@@ -131,10 +163,16 @@ fn keys_are_served_by_their_owner() {
     }
     for k in &keys {
         let want = format!("VALUE {k} 0 {}\r\n{k}\r\nEND\r\n", k.len());
-        assert_eq!(show(&rig.ask(format!("get {k}\r\n").as_bytes())), show(want.as_bytes()));
+        assert_eq!(
+            show(&rig.ask(format!("get {k}\r\n").as_bytes())),
+            show(want.as_bytes())
+        );
     }
     // Queue 1 (worker 1) receives too.
-    assert_eq!(rig.ask_on(1, b"get key:1\r\n").concat(), b"VALUE key:1 0 5\r\nkey:1\r\nEND\r\n");
+    assert_eq!(
+        rig.ask_on(1, b"get key:1\r\n").concat(),
+        b"VALUE key:1 0 5\r\nkey:1\r\nEND\r\n"
+    );
     let line = format!("get {}\r\n", keys.join(" "));
     let m = rig.ask_on(0, line.as_bytes());
     let mut want = String::new();
@@ -177,8 +215,16 @@ fn live_settings_lose_no_request() {
         for i in 0..400u64 {
             let k = format!("r{round}k{i}");
             let q = (i % 2) as u16;
-            rig.send(q, 30000 + (i % 100) as u16, &datagram(i as u16, &set(&k, &value)));
-            rig.send(q, 30000 + (i % 100) as u16, &datagram(i as u16, format!("get {k}\r\n").as_bytes()));
+            rig.send(
+                q,
+                30000 + (i % 100) as u16,
+                &datagram(i as u16, &set(&k, &value)),
+            );
+            rig.send(
+                q,
+                30000 + (i % 100) as u16,
+                &datagram(i as u16, format!("get {k}\r\n").as_bytes()),
+            );
             sent += 2;
         }
         let mem = [16, 4, 2, 16][round as usize % 4];
@@ -191,8 +237,16 @@ fn live_settings_lose_no_request() {
         if round == 0 || round == 8 {
             // Same budget before and after this update: nothing of this round was lost.
             let k = format!("r{round}k7");
-            let want = [format!("VALUE {k} 0 1000\r\n").as_bytes(), &value, b"\r\nEND\r\n"].concat();
-            assert_eq!(show(&rig.ask(format!("get {k}\r\n").as_bytes())), show(&want));
+            let want = [
+                format!("VALUE {k} 0 1000\r\n").as_bytes(),
+                &value,
+                b"\r\nEND\r\n",
+            ]
+            .concat();
+            assert_eq!(
+                show(&rig.ask(format!("get {k}\r\n").as_bytes())),
+                show(&want)
+            );
             answered += 1;
             sent += 1;
         }
@@ -200,9 +254,14 @@ fn live_settings_lose_no_request() {
     assert_eq!(answered, sent, "every request answered once");
     assert_eq!(rig.ask(b"get r8k7\r\n"), b"END\r\n", "flushed in round 9");
     let s = rig.kv_stats();
-    assert!(s[&0]["evictions"] + s[&1]["evictions"] > 0, "the 2 MiB budget evicted: {s:?}");
-    assert!(s[&0]["budget"] == 8 << 20 && s[&1]["budget"] == 8 << 20, "{s:?}");
+    assert!(
+        s[&0]["evictions"] + s[&1]["evictions"] > 0,
+        "the 2 MiB budget evicted: {s:?}"
+    );
+    assert!(
+        s[&0]["budget"] == 8 << 20 && s[&1]["budget"] == 8 << 20,
+        "{s:?}"
+    );
     let r = rig.stop();
     assert_eq!(r.drops().total(), 0);
 }
-

@@ -245,7 +245,7 @@ mod tests {
         level: u8,
     }
 
-    struct DropAll(u8);
+    struct DropAll;
 
     impl Handler for DropAll {
         fn name(&self) -> &str {
@@ -271,7 +271,7 @@ mod tests {
             Ok(())
         }
         fn build(&self) -> Box<dyn Handler> {
-            Box::new(DropAll(self.0.level))
+            Box::new(DropAll)
         }
         fn stats(&self) -> Option<HandlerStats> {
             Some(HandlerStats {
@@ -323,9 +323,11 @@ mod tests {
         let back: Vec<Spec> = serde_json::from_value(json).unwrap();
         assert_eq!(back, chain.handlers);
 
-        let bad: Chain =
-            toml::from_str("[[handlers]]\nkind = \"drop-all\"\nlevel = 9\n").unwrap();
-        assert_eq!(bad.handlers[0].validate().unwrap_err(), "level: 9 is above 3");
+        let bad: Chain = toml::from_str("[[handlers]]\nkind = \"drop-all\"\nlevel = 9\n").unwrap();
+        assert_eq!(
+            bad.handlers[0].validate().unwrap_err(),
+            "level: 9 is above 3"
+        );
         let e = toml::from_str::<Chain>("[[handlers]]\nkind = \"drop-all\"\nlevle = 1\n")
             .unwrap_err()
             .to_string();

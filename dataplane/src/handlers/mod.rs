@@ -78,13 +78,18 @@ impl<'de> Deserialize<'de> for Spec {
             if let Some(o) = v.as_object_mut() {
                 o.remove("kind");
             }
-            return ExtSpec::parse(&kind, &v).map(Spec::Ext).map_err(D::Error::custom);
+            return ExtSpec::parse(&kind, &v)
+                .map(Spec::Ext)
+                .map_err(D::Error::custom);
         }
         Spec::deserialize(v).map_err(|e| {
             let msg = e.to_string();
             let registered = ext::kinds();
             if msg.starts_with("unknown variant") && !registered.is_empty() {
-                D::Error::custom(format!("{msg}, or a registered kind: {}", registered.join(", ")))
+                D::Error::custom(format!(
+                    "{msg}, or a registered kind: {}",
+                    registered.join(", ")
+                ))
             } else {
                 D::Error::custom(msg)
             }

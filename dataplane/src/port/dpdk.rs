@@ -12,7 +12,8 @@
 //! - **Devices are hot-plugged.** A virtual device with its arguments (`net_pcap0,rx_pcap=...`)
 //!   is probed when the port is built (`rte_dev_probe`) and removed when it closes, so tests
 //!   and engines in one process each bring their own devices; devices the EAL probed itself
-//!   (PCI, with `dpdk.pci = true`) are looked up by name and left in place.
+//!   (PCI, with `dpdk.pci = true`) are looked up by name, and closed but not removed at the
+//!   end (closing is what gives back the mbufs their RX rings hold).
 //! - **One mempool per NUMA socket in use**, shared by the ports on that socket (and by
 //!   engines in the same process), created on first use and freed when its last user is gone.
 //!   It is wrapped in each port's [`FramePool`] as a [`FrameSource`], so DPDK frames are the

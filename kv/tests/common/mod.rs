@@ -19,6 +19,9 @@ use dataplane::port::{Memory, Port};
 use dataplane::wire::build::{self, Endpoints4};
 use dataplane::{Pipeline, PortId, QueueId};
 
+pub mod lab;
+pub mod script;
+
 /// The appliance side of every test packet.
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -253,6 +256,21 @@ impl Rig {
             assert!(Instant::now() < deadline, "engine did not settle");
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+
+    /// Sends one request datagram (id `id`) on `queue` and returns its answer's datagrams in
+    /// arrival order.
+    pub fn exchange(&mut self, queue: u16, id: u16, payload: &[u8]) -> Vec<Reply> {
+        let sport = self.sport();
+        self.send(queue, sport, &datagram(id, payload));
+        self.settle()
+            .into_iter()
+            .map(|(q, r)| {
+                assert_eq!(q, queue, "answer left on another queue");
+                r
+            })
+            .filter(|r| r.dport == sport)
+            .collect()
     }
 
     /// Sends one request datagram on `queue` and returns the payloads of its answer's

@@ -13,8 +13,19 @@
 //! hit; TCP entries never expire (they only leave by eviction). Time is the engine clock of
 //! the burst ([`Context::now_ns`](crate::pipeline::Context)).
 //!
+//! Memory: a table of at least one huge page (2 MiB, 32768 entries; the default is 65536)
+//! lives in a [`Region`] of 2 MiB hugepages (4 KiB pages when none are free, with the
+//! region's one warning), populated when the table is made, so that a large table costs no
+//! TLB miss per lookup and no page fault on the data path; smaller ones are on the heap. A
+//! worker [prefetches](Table::prefetch) the buckets of a whole burst before it looks any of
+//! them up, so that their cache misses overlap instead of following each other (a table
+//! holding a million flows misses the cache on nearly every lookup). The two `unsafe` uses
+//! (the region viewed as entries, the prefetch instruction) are here, each with its reasons.
+//!
 //! Rejected: a `HashMap` (grows, so it allocates on the data path, and has no eviction), a
 //! global shared table (a lock or atomics per packet across workers).
+
+use crate::mem::{Options, Region, HUGE_PAGE};
 
 /// UDP entries older than this are ignored (Katran's `LRU_UDP_TIMEOUT`, 30 s).
 pub const UDP_TIMEOUT_NS: u64 = 30_000_000_000;
@@ -104,9 +115,76 @@ pub struct TableStats {
     pub evictions: u64,
 }
 
+/// Where the entries are.
+enum Slots {
+    Heap(Box<[Entry]>),
+    /// `len` entries at the start of the region.
+    Mapped {
+        region: Region,
+        len: usize,
+    },
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        let bytes = n * std::mem::size_of::<Entry>();
+        if bytes >= HUGE_PAGE {
+            let opts = Options {
+                hugepages: true,
+                numa_node: None,
+            };
+            // A failed mapping (no memory at all) leaves the heap to fail the same way.
+            if let Ok(region) = Region::map(bytes, opts) {
+                return Slots::Mapped { region, len: n };
+            }
+        }
+        Slots::Heap(vec![Entry::default(); n].into_boxed_slice())
+    }
+
+    #[inline]
+    fn get(&self) -> &[Entry] {
+        match self {
+            Slots::Heap(b) => b,
+            // SAFETY: the region is at least `len * 64` bytes (it was mapped for that many,
+            // rounded up to pages), page aligned (so aligned for `Entry`, 64), zero-filled by
+            // mmap (all zeros is a valid `Entry`: integers and byte arrays only, and the
+            // "free" state), and owned by `self`, so it outlives the borrow; writes only go
+            // through `get_mut`, which borrows `self` exclusively.
+            Slots::Mapped { region, len } => unsafe {
+                std::slice::from_raw_parts(region.as_ptr().cast::<Entry>().cast_const(), *len)
+            },
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self) -> &mut [Entry] {
+        match self {
+            Slots::Heap(b) => b,
+            // SAFETY: as in `get`; `&mut self` makes this the only reference to the entries.
+            Slots::Mapped { region, len } => unsafe {
+                std::slice::from_raw_parts_mut(region.as_ptr().cast::<Entry>(), *len)
+            },
+        }
+    }
+}
+
+/// Asks the CPU to start loading the cache line of `p` (a hint: it cannot fault, and does
+/// nothing on other architectures).
+#[inline(always)]
+fn prefetch_line(p: *const Entry) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 reads nothing architecturally and cannot fault, whatever the
+    // address; `p` points into our own table anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// The per-worker connection table.
 pub struct Table {
-    entries: Box<[Entry]>,
+    slots: Slots,
     mask: usize,
     stats: TableStats,
 }
@@ -114,7 +192,8 @@ pub struct Table {
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("conn::Table")
-            .field("capacity", &self.entries.len())
+            .field("capacity", &self.capacity())
+            .field("backing", &self.backing())
             .finish()
     }
 }
@@ -125,14 +204,22 @@ impl Table {
     pub fn new(capacity: u32) -> Table {
         let n = (capacity as usize).max(WAYS).next_power_of_two();
         Table {
-            entries: vec![Entry::default(); n].into_boxed_slice(),
+            slots: Slots::new(n),
             mask: n / WAYS - 1,
             stats: TableStats::default(),
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.slots.get().len()
+    }
+
+    /// Where the entries live: "heap", or the region's pages ("hugepages-2M", "4k-pages").
+    pub fn backing(&self) -> String {
+        match &self.slots {
+            Slots::Heap(_) => "heap".into(),
+            Slots::Mapped { region, .. } => region.backing().to_string(),
+        }
     }
 
     pub fn stats(&self) -> TableStats {
@@ -140,9 +227,24 @@ impl Table {
     }
 
     #[inline]
+    fn bucket_index(&self, k: &Key) -> usize {
+        (k.hash() as usize & self.mask) * WAYS
+    }
+
+    #[inline]
     fn bucket(&mut self, k: &Key) -> &mut [Entry] {
-        let b = (k.hash() as usize & self.mask) * WAYS;
-        &mut self.entries[b..b + WAYS]
+        let b = self.bucket_index(k);
+        &mut self.slots.get_mut()[b..b + WAYS]
+    }
+
+    /// Starts loading `k`'s bucket into the cache, so that a lookup or insert of `k` soon
+    /// after finds it there. A hint only: results never depend on it.
+    #[inline]
+    pub fn prefetch(&self, k: &Key) {
+        let b = self.bucket_index(k);
+        for e in &self.slots.get()[b..b + WAYS] {
+            prefetch_line(e);
+        }
     }
 
     /// The real of `k`'s live entry; refreshes its access time (which is what keeps a UDP
@@ -198,7 +300,7 @@ impl Table {
 
     /// Number of used entries (a full scan; for tests and `show`).
     pub fn len(&self) -> usize {
-        self.entries.iter().filter(|e| e.used()).count()
+        self.slots.get().iter().filter(|e| e.used()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -226,6 +328,35 @@ mod tests {
     #[test]
     fn entry_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    /// Tables of a huge page or more are mapped (on hugepages when there are free ones),
+    /// start empty and work the same; a prefetch changes nothing.
+    #[test]
+    fn large_tables_are_mapped_and_behave_the_same() {
+        let small = Table::new(1024);
+        assert_eq!(small.backing(), "heap");
+        let mut t = Table::new(1 << 15);
+        assert_eq!(t.capacity(), 1 << 15);
+        assert_ne!(t.backing(), "heap", "{t:?}");
+        assert!(t.is_empty());
+        for n in 0..10_000 {
+            t.prefetch(&key(n, UDP));
+            t.insert(&key(n, UDP), n + 1, 0);
+        }
+        let mut hits = 0;
+        for n in 0..10_000 {
+            t.prefetch(&key(n, UDP));
+            match t.lookup(&key(n, UDP), 1) {
+                Found::Real(r) => {
+                    assert_eq!(r, n + 1);
+                    hits += 1;
+                }
+                Found::Miss => {} // evicted from a full bucket
+            }
+        }
+        assert_eq!(hits, t.len());
+        assert_eq!(t.len() as u64 + t.stats().evictions, 10_000);
     }
 
     #[test]
