@@ -18,9 +18,9 @@
 //!
 //! Steering must send the fragments here: a later fragment has no UDP header, so only a
 //! rule without a port (`udp 198.18.0.1`) matches it. IPv6 fragments are not reassembled.
-//! Fragments arriving before the first one of their datagram stay on the core that got
-//! them; on a single-queue link, and on a multi-queue one where the sender's stack keeps a
-//! flow on one queue, fragments arrive in order.
+//! Fragments that arrive before the first one of their datagram are kept where they land;
+//! when the first one then goes to another core, the kept bytes follow it as fragments
+//! rebuilt in frames from `Emit` (behind it on the same ring).
 
 use std::net::Ipv4Addr;
 
@@ -163,7 +163,8 @@ impl Default for Reassembly {
 }
 
 fn route_index(id: &Id) -> usize {
-    let h = u32::from_be_bytes(id.src) ^ u32::from_be_bytes(id.dst).rotate_left(7)
+    let h = u32::from_be_bytes(id.src)
+        ^ u32::from_be_bytes(id.dst).rotate_left(7)
         ^ u32::from(id.ident).wrapping_mul(0x9e37_79b9);
     (h as usize ^ (h >> 16) as usize) % ROUTES
 }
@@ -187,6 +188,40 @@ impl Reassembly {
         // Fragments of it that arrived earlier cannot follow any more.
         if let Some(s) = self.slots.iter_mut().find(|s| s.used && s.id == id) {
             s.used = false;
+        }
+    }
+
+    /// The byte runs held for datagram `id` (fragments that arrived before its first one):
+    /// `(offset, bytes, last)`, `last` when the run ends the datagram.
+    pub fn held(&self, id: &Id) -> Vec<(usize, &[u8], bool)> {
+        let Some(s) = self.slots.iter().find(|s| s.used && s.id == *id) else {
+            return Vec::new();
+        };
+        let has = |b: usize| s.blocks[b / 64] & (1 << (b % 64)) != 0;
+        let end = s.total.unwrap_or(MAX_DATAGRAM);
+        let mut runs = Vec::new();
+        let mut b = 0;
+        while b * 8 < end {
+            if !has(b) {
+                b += 1;
+                continue;
+            }
+            let start = b;
+            while b * 8 < end && has(b) {
+                b += 1;
+            }
+            let (from, to) = (start * 8, (b * 8).min(end));
+            runs.push((from, &s.buf[from..to], Some(to) == s.total));
+        }
+        runs
+    }
+
+    /// Forgets the route of datagram `id` (its first fragment stays here: an IP id that
+    /// a sender reuses must not follow an old route).
+    pub fn clear_route(&mut self, id: &Id) {
+        let r = &mut self.routes[route_index(id)];
+        if r.id == *id {
+            r.used = false;
         }
     }
 

@@ -25,13 +25,14 @@
 use std::sync::Arc;
 
 use dataplane::mem::HEADROOM;
-use dataplane::{Context, DropReason, Emit, Frame, Handler, Verdict};
+use dataplane::{Context, DropReason, Emit, Frame, Handler, Verdict, WorkerId};
 
 use crate::cache::{unix_now, Store};
 use crate::exec::{self, Hop, Next, Out};
-use crate::proto::{FrameHeader, HEADER_LEN, MAX_CHUNK};
+use crate::frag::{self, Reassembly};
+use crate::proto::{self, FrameHeader, HEADER_LEN, MAX_CHUNK};
 use crate::stats::Counters;
-use crate::store::Partition;
+use crate::store::{self, Partition};
 use crate::wire::{self, Class, Template};
 
 /// Marks a forwarded datagram's reserved field: the low 14 bits are the payload offset to
@@ -48,6 +49,7 @@ pub struct Kv {
     store: Option<Arc<Store>>,
     port: u16,
     out: Out,
+    reasm: Reassembly,
 }
 
 impl std::fmt::Debug for Kv {
@@ -67,6 +69,7 @@ impl Kv {
             store,
             port,
             out: Out::default(),
+            reasm: Reassembly::default(),
         }
     }
 
@@ -96,7 +99,12 @@ impl Handler for Kv {
         cx: &Context,
         emit: &mut Emit<'_>,
     ) {
-        let Kv { store, port, out } = self;
+        let Kv {
+            store,
+            port,
+            out,
+            reasm,
+        } = self;
         let port = *port;
         let now = unix_now();
         let Some(store) = store.as_deref() else {
@@ -109,8 +117,11 @@ impl Handler for Kv {
             store,
             c,
             now,
+            now_ns: cx.now_ns,
+            me,
             port,
             out,
+            reasm,
         };
         match store
             .partition_of_worker(me)
@@ -146,8 +157,11 @@ struct Burst<'a> {
     store: &'a Store,
     c: &'a Counters,
     now: u32,
+    now_ns: u64,
+    me: WorkerId,
     port: u16,
     out: &'a mut Out,
+    reasm: &'a mut Reassembly,
 }
 
 impl Burst<'_> {
@@ -164,6 +178,10 @@ impl Burst<'_> {
                 continue;
             }
             let layout = f.meta.layout;
+            if let Some(fr) = frag::fragment(f.data(), &layout) {
+                self.fragment(f, v, &fr, &mut part, emit);
+                continue;
+            }
             let range = match wire::classify(f.data(), &layout, self.port) {
                 Class::NotOurs => continue,
                 Class::BadChecksum => {
@@ -279,6 +297,154 @@ fn forward(
     }
     answer(f, Some(&mut *v), tpl, request_id, out, first, emit, c);
     emit.push(copy, Verdict::Forward(to));
+}
+
+impl Burst<'_> {
+    /// An IPv4 fragment of a UDP datagram (see `frag`).
+    fn fragment(
+        &mut self,
+        f: &mut Frame,
+        v: &mut Verdict,
+        fr: &frag::Fragment,
+        part: &mut Option<(usize, &mut Partition)>,
+        emit: &mut Emit<'_>,
+    ) {
+        let c = self.c;
+        let mine = part.as_ref().map(|(i, _)| *i);
+        if fr.offset == 0 {
+            let Some(l4) = f.data().get(fr.payload.clone()) else {
+                return;
+            };
+            if l4.len() < 8 || u16::from_be_bytes([l4[2], l4[3]]) != self.port {
+                return;
+            }
+            // The first command's key (in this first fragment) names the owner.
+            let n = self.store.partitions();
+            let owner = l4
+                .get(8 + HEADER_LEN..)
+                .and_then(|req| proto::line_at(req, 0))
+                .and_then(|line| {
+                    let cmd = proto::parse(line.text, self.store.shape().item_max);
+                    let k = cmd.key().filter(|k| k.len() <= proto::KEY_MAX)?;
+                    Some(store::partition_of(store::hash(k), n))
+                });
+            if let Some(p) = owner.filter(|&p| Some(p) != mine) {
+                let to = self.store.owner(p);
+                // Later fragments that came first follow it, rebuilt as frames.
+                for (off, bytes, last) in self.reasm.held(&fr.id) {
+                    if !refragment(f, off, bytes, last, to, emit) {
+                        c.frag_dropped.inc();
+                    }
+                }
+                self.reasm.set_route(fr.id, to, self.now_ns);
+                c.forwarded.inc();
+                *v = Verdict::Forward(to);
+                return;
+            }
+            self.reasm.clear_route(&fr.id);
+        } else if let Some(to) = self.reasm.route(&fr.id, self.now_ns) {
+            if to != self.me {
+                c.forwarded.inc();
+                *v = Verdict::Forward(to);
+                return;
+            }
+        }
+        let layout = f.meta.layout;
+        let slot = match self.reasm.keep(f.data(), &layout, fr, self.now_ns) {
+            frag::Step::Complete(i) => i,
+            frag::Step::Dropped => {
+                c.frag_dropped.inc();
+                *v = Verdict::Drop(DropReason::Consumed);
+                return;
+            }
+            _ => {
+                *v = Verdict::Drop(DropReason::Consumed);
+                return;
+            }
+        };
+        let Some((d, tpl)) = self.reasm.take(slot) else {
+            *v = Verdict::Drop(DropReason::Consumed);
+            return;
+        };
+        if u16::from_be_bytes([d[2], d[3]]) != self.port {
+            // Not ours after all (a port-less steering rule): nobody else reassembles.
+            *v = Verdict::Drop(DropReason::Unhandled);
+            return;
+        }
+        c.frag_reassembled.inc();
+        let dgram = &d[8..];
+        let Some(hdr) = FrameHeader::parse(dgram) else {
+            *v = Verdict::Drop(DropReason::Consumed);
+            return;
+        };
+        self.out.clear();
+        c.requests.inc();
+        if hdr.count != 1 {
+            c.errors.inc();
+            self.out
+                .line("SERVER_ERROR multi-packet request not supported");
+        } else {
+            let mut hop = Hop {
+                store: self.store,
+                part: part.as_mut().map(|(i, p)| (*i, &mut **p)),
+                c,
+                now: self.now,
+            };
+            if let Next::Forward { .. } = exec::run(&mut hop, &dgram[HEADER_LEN..], 0, self.out) {
+                // A reassembled datagram cannot travel to another core in one frame.
+                c.errors.inc();
+                self.out.line("SERVER_ERROR out of memory reading request");
+            }
+        }
+        answer(f, Some(v), &tpl, hdr.request_id, self.out, true, emit, c);
+    }
+}
+
+/// Sends `bytes` (datagram offset `off`) to worker `to` as IPv4 fragments made from the
+/// first fragment `first`'s headers: as many frames from `emit` as needed (offsets stay
+/// multiples of 8). False when a frame could not be had.
+fn refragment(
+    first: &Frame,
+    off: usize,
+    bytes: &[u8],
+    last: bool,
+    to: WorkerId,
+    emit: &mut Emit<'_>,
+) -> bool {
+    let l = first.meta.layout;
+    let l3 = usize::from(l.l3_off);
+    let hl = usize::from(l.l4_off) - l3;
+    let room = first.capacity().saturating_sub(usize::from(HEADROOM) + l3 + hl) / 8 * 8;
+    if room == 0 {
+        return false;
+    }
+    let mut done = 0;
+    while done < bytes.len() {
+        let n = room.min(bytes.len() - done);
+        let more = !(last && done + n == bytes.len());
+        let Some(mut g) = emit.alloc(first) else {
+            return false;
+        };
+        if !g.try_set_len(l3 + hl + n) {
+            emit.free(g);
+            return false;
+        }
+        let d = g.data_mut();
+        d[..l3 + hl].copy_from_slice(&first.data()[..l3 + hl]);
+        d[l3 + hl..].copy_from_slice(&bytes[done..done + n]);
+        let ip = &mut d[l3..];
+        ip[2..4].copy_from_slice(&((hl + n) as u16).to_be_bytes());
+        let fo = ((off + done) / 8) as u16 & 0x1fff;
+        ip[6..8].copy_from_slice(&(fo | if more { 0x2000 } else { 0 }).to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = dataplane::wire::checksum::of(&ip[..hl]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        // The receiving core reads the layout the receive path stored: fix the lengths.
+        g.meta.layout.l4_len = n as u16;
+        emit.push(g, Verdict::Forward(to));
+        done += n;
+    }
+    true
 }
 
 /// Datagrams a message of `len` bytes takes with `chunk`-byte payloads.

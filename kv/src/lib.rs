@@ -43,6 +43,7 @@
 
 pub mod cache;
 pub mod exec;
+pub mod frag;
 pub mod handler;
 pub mod proto;
 pub mod spec;

@@ -106,6 +106,10 @@ counters! {
     bad_checksum,
     /// Response parts replaced by an out-of-memory error (no frame or room left).
     out_of_frames,
+    /// Requests that arrived in IPv4 fragments and were reassembled here.
+    frag_reassembled,
+    /// Fragmented requests given up (over 16 KiB, or a bad checksum once complete).
+    frag_dropped,
     /// The partition's byte budget (gauge; 0 on workers without a partition).
     budget,
 }

@@ -202,7 +202,7 @@ fn keys_are_served_by_their_owner() {
 fn live_settings_lose_no_request() {
     let table = |mem: u64, flush: u64| {
         kv_table(&format!(
-            "workers = [0, 1]\nmemory_mb = {mem}\nmax_memory_mb = 16\nflush = {flush}"
+            "name = \"live\"\nworkers = [0, 1]\nmemory_mb = {mem}\nmax_memory_mb = 16\nflush = {flush}"
         ))
     };
     let mut rig = Rig::new(2, &table(16, 0));
@@ -264,4 +264,55 @@ fn live_settings_lose_no_request() {
     );
     let r = rig.stop();
     assert_eq!(r.drops().total(), 0);
+}
+
+/// A request larger than the MTU arrives in IPv4 fragments (as `memcslap --udp` sends
+/// them); they are reassembled on the key's owner, on whichever queue they arrive, and the
+/// answer is memcached's.
+#[test]
+fn fragmented_requests_are_reassembled_on_the_owner() {
+    let mut rig = Rig::new(2, &kv_table("memory_mb = 8\nworkers = [0, 1]"));
+    let value: Vec<u8> = (0..4000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for (i, key) in ["frag:1", "frag:2", "frag:3", "frag:4"].iter().enumerate() {
+        let sport = rig.sport();
+        let frame = common::request_frame(sport, &datagram(i as u16, &set(key, &value)));
+        // The first two share an IP id (a reused id must not follow an old route).
+        let mut frags = common::fragments(&frame, 1500, (i / 2) as u16 + 100);
+        assert_eq!(frags.len(), 3);
+        if i == 3 {
+            // Out of order (the first fragment last): still reassembled, on this core.
+            frags.rotate_left(1);
+        }
+        for f in &frags {
+            rig.inject((i % 2) as u16, f);
+        }
+        let replies: Vec<_> = rig
+            .settle()
+            .into_iter()
+            .filter(|(_, r)| r.dport == sport)
+            .collect();
+        assert_eq!(replies.len(), 1, "{key}: {replies:?}");
+        assert_eq!(replies[0].1.payload, b"STORED\r\n", "{key}");
+        let want = [
+            format!("VALUE {key} 0 4000\r\n").as_bytes(),
+            &value,
+            b"\r\nEND\r\n",
+        ]
+        .concat();
+        assert_eq!(
+            show(&rig.ask(format!("get {key}\r\n").as_bytes())),
+            show(&want)
+        );
+    }
+    let s = rig.kv_stats();
+    assert_eq!(
+        s[&0]["frag_reassembled"] + s[&1]["frag_reassembled"],
+        4,
+        "{s:?}"
+    );
+    let r = rig.stop();
+    assert_eq!(
+        r.drops().total(),
+        r.drops().get(dataplane::DropReason::Consumed)
+    );
 }

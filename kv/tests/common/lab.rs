@@ -221,6 +221,8 @@ impl Drop for Netns {
 /// engine is stopped (still in the namespace), then the thread returns.
 pub struct Appliance {
     engine: Option<Engine>,
+    /// The kv store's name (unique per appliance: tests in one process never share one).
+    pub name: String,
     _ns: Netns,
 }
 
@@ -235,12 +237,20 @@ impl Appliance {
     /// `kv` on `lab` with one worker per queue (worker i owns queue i and partition i),
     /// plus `extra` kv settings.
     pub fn start(lab: &Lab, extra: &str) -> Appliance {
+        Appliance::start_with(lab, "udp 198.18.0.1 11211", extra)
+    }
+
+    /// As [`Appliance::start`] with another steering rule (`udp 198.18.0.1`, without a
+    /// port, also steers the later fragments of IPv4 datagrams, which carry no port).
+    pub fn start_with(lab: &Lab, rule: &str, extra: &str) -> Appliance {
         kv::register();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("lab{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let ns = Netns::enter(&lab.app_ns).expect("entering the app namespace");
         let cores = cores(usize::from(lab.queues));
         let mut text = format!(
             "[engine]\nstats_interval_ms = 0\n\n[[ports]]\nkind = \"afxdp\"\ninterface = \"{}\"\n\
-             queues = {}\nrules = [\"udp 198.18.0.1 11211\"]\n",
+             queues = {}\nrules = [\"{rule}\"]\n",
             lab.app_if, lab.queues
         );
         for (i, c) in cores.iter().enumerate() {
@@ -248,7 +258,7 @@ impl Appliance {
         }
         let owners: Vec<String> = (0..lab.queues).map(|i| i.to_string()).collect();
         text += &format!(
-            "\n[[handlers]]\nkind = \"kv\"\nworkers = [{}]\n{extra}\n",
+            "\n[[handlers]]\nkind = \"kv\"\nname = \"{name}\"\nworkers = [{}]\n{extra}\n",
             owners.join(", ")
         );
         let cfg: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -256,6 +266,7 @@ impl Appliance {
         engine.start().unwrap_or_else(|e| panic!("{e}"));
         Appliance {
             engine: Some(engine),
+            name,
             _ns: ns,
         }
     }

@@ -39,9 +39,17 @@ pub fn specs(toml_text: &str) -> Vec<Spec> {
         .handlers
 }
 
-/// A kv handler table with `extra` settings.
+/// A kv handler table with `extra` settings. Each call names a store of its own, so that
+/// tests running side by side in one process never share one (stores are reused by name).
 pub fn kv_table(extra: &str) -> String {
-    format!("[[handlers]]\nkind = \"kv\"\nhugepages = false\n{extra}\n")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = if extra.contains("name =") {
+        String::new()
+    } else {
+        format!("name = \"test{n}\"\n")
+    };
+    format!("[[handlers]]\nkind = \"kv\"\nhugepages = false\n{name}{extra}\n")
 }
 
 /// A memcached request datagram: header (count 1) and payload.
@@ -66,6 +74,32 @@ pub fn request_frame(sport: u16, udp_payload: &[u8]) -> Vec<u8> {
         udp_payload,
         None,
     )
+}
+
+/// Splits an untagged IPv4 frame into fragments of at most `mtu` bytes of IP packet
+/// (RFC 791) with IP identification `ident`, header checksums fixed.
+pub fn fragments(frame: &[u8], mtu: usize, ident: u16) -> Vec<Vec<u8>> {
+    let (l3, hl) = (14, 20);
+    let payload = &frame[l3 + hl..];
+    let step = (mtu - hl) / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let end = (off + step).min(payload.len());
+        let mut f = frame[..l3 + hl].to_vec();
+        f.extend_from_slice(&payload[off..end]);
+        let more = end < payload.len();
+        f[l3 + 2..l3 + 4].copy_from_slice(&((hl + end - off) as u16).to_be_bytes());
+        f[l3 + 4..l3 + 6].copy_from_slice(&ident.to_be_bytes());
+        let fo = ((off / 8) as u16) | if more { 0x2000 } else { 0 };
+        f[l3 + 6..l3 + 8].copy_from_slice(&fo.to_be_bytes());
+        f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = dataplane::wire::checksum::of(&f[l3..l3 + hl]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+        out.push(f);
+        off = end;
+    }
+    out
 }
 
 /// A datagram from the appliance, as the client sees it.
