@@ -33,9 +33,17 @@
 //! - a storage command whose data block does not fit in its datagram is answered
 //!   `CLIENT_ERROR bad data chunk` (memcached waits and reads the next datagram, from any
 //!   client, as its data);
-//! - `stats` subcommands other than `settings`, `reset` and `detail`, meta commands (`mg`,
-//!   `ms`, ...), `slabs`, `lru`, `lru_crawler`, `watch` and `cache_memlimit` are answered
-//!   `ERROR` (not implemented).
+//! - `stats` subcommands other than `settings`, `reset` and `detail`, meta commands other
+//!   than `mn` (`mg`, `ms`, ...), `slabs`, `lru`, `lru_crawler` and `watch` are answered
+//!   `ERROR` (not implemented); `cache_memlimit` sets the budget as in memcached.
+//!
+//! **Engine hooks** this crate needed, both generic: `handlers::ext::register` (external
+//! handler kinds) and `pipeline::Emit` (a handler may answer one packet with several; the
+//! engine counts them as `generated`), plus the drop reason `consumed` for requests that
+//! get no answer (`noreply`).
+//!
+//! **Requests over the MTU** arrive as IPv4 fragments; `frag` reassembles them on the key's
+//! owner (steer with a rule without a port so the later fragments reach AF_XDP).
 //!
 //! **Live settings**: `memory_mb` and `flush` through a chain update keep the store (see
 //! `spec`); counters per core appear in `ctl stats`, the gRPC `Stats` API, the run report

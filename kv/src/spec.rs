@@ -3,8 +3,8 @@
 //! A chain update (`ctl handlers set ...`, `Handlers.Update`) builds new handler instances
 //! from new settings. To keep the items across such an update, stores are looked up by
 //! `name` in a process-wide table of weak references when instances are built: a store
-//! whose shape (partition owners, mapped memory, item size limit, page kind) is unchanged
-//! is reused and given the new live settings — `memory_mb` (the budget; owners move to it
+//! with the same partition owners, item size limit and page kind, whose mapped memory
+//! holds the new budget, is reused and given the new live settings — `memory_mb` (the budget; owners move to it
 //! from their next burst, cuts in bounded steps) and `flush` (raising it empties the cache
 //! once, the control plane's `flush_all`). A changed shape makes a new, empty store. The
 //! old chain keeps the old store alive until the engine has swapped every worker, so no
@@ -170,8 +170,20 @@ impl KvSpec {
 /// Stores by name, for reuse across chain swaps.
 static STORES: Mutex<Vec<(String, Weak<Store>)>> = Mutex::new(Vec::new());
 
-/// The store `spec` names, reused when its shape matches (with the live settings
-/// applied) or made anew.
+/// Whether a store of `old` shape can serve `spec`: same partition owners, item size limit
+/// and page kind, and enough mapped memory for the new budget (and for an explicit new
+/// `max_memory_mb`).
+fn fits(old: &Shape, spec: &KvSpec) -> bool {
+    let n = spec.workers.len().max(1) as u64;
+    old.owners == spec.workers
+        && old.item_max == spec.item_size_max
+        && old.hugepages == spec.hugepages
+        && spec.memory_mb * MIB / n <= old.capacity
+        && (spec.max_memory_mb == 0 || spec.capacity() <= old.capacity)
+}
+
+/// The store `spec` names, reused when it fits (with the live settings applied) or made
+/// anew.
 pub fn store_for(spec: &KvSpec) -> Result<Arc<Store>, String> {
     let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
     stores.retain(|(_, w)| w.strong_count() > 0);
@@ -181,7 +193,7 @@ pub fn store_for(spec: &KvSpec) -> Result<Arc<Store>, String> {
         .iter()
         .filter(|(n, _)| *n == spec.name)
         .find_map(|(_, w)| w.upgrade())
-        .filter(|s| *s.shape() == shape)
+        .filter(|s| fits(s.shape(), spec))
     {
         s.set_budget(budget);
         let old = s
@@ -269,4 +281,113 @@ impl Extension for KvExt {
 pub fn parse(settings: &serde_json::Value) -> Result<Arc<dyn Extension>, String> {
     let spec: KvSpec = serde_json::from_value(settings.clone()).map_err(|e| e.to_string())?;
     Ok(Arc::new(KvExt::new(spec)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, mem: u64, max: u64) -> KvSpec {
+        KvSpec {
+            name: name.into(),
+            memory_mb: mem,
+            max_memory_mb: max,
+            hugepages: false,
+            ..KvSpec::default()
+        }
+    }
+
+    /// A budget that fits the mapped memory keeps the store (and its items); one that does
+    /// not, or other partition owners, make a new one.
+    #[test]
+    fn stores_are_kept_while_they_fit() {
+        let a = store_for(&spec("reuse", 8, 0)).unwrap();
+        let b = store_for(&spec("reuse", 4, 0)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(b.budget(), 4 << 20);
+        let c = store_for(&spec("reuse", 16, 0)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        let d = store_for(&KvSpec {
+            workers: vec![0, 1],
+            ..spec("reuse", 16, 0)
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(&c, &d));
+        let e = store_for(&spec("other", 4, 0)).unwrap();
+        assert!(!Arc::ptr_eq(&b, &e));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        for (s, want) in [
+            (
+                KvSpec {
+                    port: 0,
+                    ..KvSpec::default()
+                },
+                "port:",
+            ),
+            (
+                KvSpec {
+                    workers: vec![],
+                    ..KvSpec::default()
+                },
+                "workers:",
+            ),
+            (
+                KvSpec {
+                    workers: vec![1, 1],
+                    ..KvSpec::default()
+                },
+                "workers: w1 is listed twice",
+            ),
+            (
+                KvSpec {
+                    workers: vec![64],
+                    ..KvSpec::default()
+                },
+                "workers: w64",
+            ),
+            (
+                KvSpec {
+                    memory_mb: 0,
+                    ..KvSpec::default()
+                },
+                "memory_mb:",
+            ),
+            (
+                KvSpec {
+                    max_memory_mb: 8,
+                    ..KvSpec::default()
+                },
+                "max_memory_mb:",
+            ),
+            (
+                KvSpec {
+                    item_size_max: 10,
+                    ..KvSpec::default()
+                },
+                "item_size_max:",
+            ),
+            (
+                KvSpec {
+                    memory_mb: 1,
+                    item_size_max: 2 << 20,
+                    ..KvSpec::default()
+                },
+                "item_size_max:",
+            ),
+            (
+                KvSpec {
+                    name: String::new(),
+                    ..KvSpec::default()
+                },
+                "name:",
+            ),
+        ] {
+            let e = s.validate().unwrap_err();
+            assert!(e.starts_with(want), "{e:?} should start with {want:?}");
+        }
+        KvSpec::default().validate().unwrap();
+    }
 }

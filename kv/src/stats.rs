@@ -69,6 +69,16 @@ counters! {
     items,
     /// Bytes those items take in the log, headers included (gauge).
     bytes,
+    /// The partition's byte budget (gauge; 0 on workers without a partition).
+    budget,
+    /// Request datagrams this worker answered or consumed.
+    requests,
+    /// Request datagrams this worker handed to the owner of a key.
+    forwarded,
+    /// Response datagrams sent (all messages).
+    datagrams,
+    /// Error lines sent (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`).
+    errors,
     /// Expired items found and removed (on access or when the log reached them).
     expired,
     /// Keys looked up by gets, hits and misses together (memcached's `cmd_get`).
@@ -94,14 +104,6 @@ counters! {
     total_items,
     /// Referenced items the CLOCK hand moved to the log's tail instead of evicting.
     second_chances,
-    /// Request datagrams this worker answered or consumed.
-    requests,
-    /// Request datagrams this worker handed to the owner of a key.
-    forwarded,
-    /// Response datagrams sent (all messages).
-    datagrams,
-    /// Error lines sent (`ERROR`, `CLIENT_ERROR ...`, `SERVER_ERROR ...`).
-    errors,
     /// Requests dropped for a bad UDP checksum.
     bad_checksum,
     /// Response parts replaced by an out-of-memory error (no frame or room left).
@@ -110,8 +112,6 @@ counters! {
     frag_reassembled,
     /// Fragmented requests given up (over 16 KiB, or a bad checksum once complete).
     frag_dropped,
-    /// The partition's byte budget (gauge; 0 on workers without a partition).
-    budget,
 }
 
 /// Index of `name` in [`Counters::NAMES`].

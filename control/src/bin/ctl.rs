@@ -1690,6 +1690,10 @@ fn stats_text(s: &pb::StatsSnapshot, prev: Option<&pb::StatsSnapshot>) -> String
     o
 }
 
+/// Columns of a handler's counter table in text output (the handler lists its headline
+/// counters first; `--json` has them all).
+const HANDLER_COLUMNS: usize = 10;
+
 /// Per-worker counters of handlers that keep them (the kv cache), one table per handler.
 fn handler_stats_text(s: &pb::StatsSnapshot) -> String {
     let mut o = String::new();
@@ -1697,7 +1701,13 @@ fn handler_stats_text(s: &pb::StatsSnapshot) -> String {
         let names: Vec<String> = h
             .workers
             .first()
-            .map(|w| w.counters.iter().map(|c| c.name.clone()).collect())
+            .map(|w| {
+                w.counters
+                    .iter()
+                    .take(HANDLER_COLUMNS)
+                    .map(|c| c.name.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut header = vec!["WORKER".to_string()];
         header.extend(names.iter().map(|n| n.to_uppercase()));
@@ -1716,7 +1726,16 @@ fn handler_stats_text(s: &pb::StatsSnapshot) -> String {
             })
             .collect();
         let header: Vec<&str> = header.iter().map(String::as_str).collect();
-        o += &format!("\n{}\n{}", h.kind, table(&header, &rows));
+        let more = h
+            .workers
+            .first()
+            .is_some_and(|w| w.counters.len() > HANDLER_COLUMNS);
+        o += &format!(
+            "\n{}{}\n{}",
+            h.kind,
+            if more { " (all counters with --json)" } else { "" },
+            table(&header, &rows)
+        );
     }
     o
 }

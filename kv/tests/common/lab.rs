@@ -237,12 +237,13 @@ impl Appliance {
     /// `kv` on `lab` with one worker per queue (worker i owns queue i and partition i),
     /// plus `extra` kv settings.
     pub fn start(lab: &Lab, extra: &str) -> Appliance {
-        Appliance::start_with(lab, "udp 198.18.0.1 11211", extra)
+        Appliance::start_with(lab, "rules = [\"udp 198.18.0.1 11211\"]", extra)
     }
 
-    /// As [`Appliance::start`] with another steering rule (`udp 198.18.0.1`, without a
-    /// port, also steers the later fragments of IPv4 datagrams, which carry no port).
-    pub fn start_with(lab: &Lab, rule: &str, extra: &str) -> Appliance {
+    /// As [`Appliance::start`] with other port settings (`port` holds the `rules` line;
+    /// `udp 198.18.0.1`, without a port, also steers the later fragments of IPv4
+    /// datagrams, which carry no port).
+    pub fn start_with(lab: &Lab, port: &str, extra: &str) -> Appliance {
         kv::register();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("lab{}", NEXT.fetch_add(1, Ordering::Relaxed));
@@ -250,7 +251,7 @@ impl Appliance {
         let cores = cores(usize::from(lab.queues));
         let mut text = format!(
             "[engine]\nstats_interval_ms = 0\n\n[[ports]]\nkind = \"afxdp\"\ninterface = \"{}\"\n\
-             queues = {}\nrules = [\"{rule}\"]\n",
+             queues = {}\n{port}\n",
             lab.app_if, lab.queues
         );
         for (i, c) in cores.iter().enumerate() {
