@@ -267,6 +267,10 @@ impl Reassembly {
         }
         // Checksum over the whole datagram (0: none).
         let total = s.total.unwrap_or(0);
+        if total < 8 {
+            s.used = false;
+            return Step::Dropped;
+        }
         let d = &s.buf[..total];
         let udp_len = usize::from(u16::from_be_bytes([d[4], d[5]]));
         let ok = udp_len == total

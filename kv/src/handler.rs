@@ -414,7 +414,11 @@ fn refragment(
     let l = first.meta.layout;
     let l3 = usize::from(l.l3_off);
     let hl = usize::from(l.l4_off) - l3;
-    let room = first.capacity().saturating_sub(usize::from(HEADROOM) + l3 + hl) / 8 * 8;
+    let room = first
+        .capacity()
+        .saturating_sub(usize::from(HEADROOM) + l3 + hl)
+        / 8
+        * 8;
     if room == 0 {
         return false;
     }

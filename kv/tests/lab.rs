@@ -22,7 +22,7 @@ use common::Reply;
 fn memaslap_counter(out: &str, name: &str) -> u64 {
     out.lines()
         .filter_map(|l| l.trim().strip_prefix(&format!("{name}:")))
-        .filter_map(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .next_back()
         .unwrap_or_else(|| panic!("memcaslap printed no `{name}`:\n{out}"))
 }

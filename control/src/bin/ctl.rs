@@ -1733,7 +1733,11 @@ fn handler_stats_text(s: &pb::StatsSnapshot) -> String {
         o += &format!(
             "\n{}{}\n{}",
             h.kind,
-            if more { " (all counters with --json)" } else { "" },
+            if more {
+                " (all counters with --json)"
+            } else {
+                ""
+            },
             table(&header, &rows)
         );
     }

@@ -413,7 +413,8 @@ impl FramePool {
                 max: u32::MAX,
             });
         }
-        if source.frame_size() < 2 * HEADROOM.min(source.frame_size() / 2) {
+        if source.frame_size() <= source.headroom() {
+            // No room for a packet behind the headroom.
             return Err(PoolError::FrameSize(source.frame_size() as u32));
         }
         Ok(Arc::new(FramePool {

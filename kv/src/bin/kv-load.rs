@@ -47,7 +47,9 @@ fn num<T: std::str::FromStr>(k: &str, v: &str) -> T {
 
 fn args() -> Args {
     let mut a = Args {
-        server: "198.18.0.1:11211".parse().unwrap_or_else(|_| usage("bad default")),
+        server: "198.18.0.1:11211"
+            .parse()
+            .unwrap_or_else(|_| usage("bad default")),
         duration: 5.0,
         keys: 10_000,
         value: 100,
@@ -60,7 +62,9 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let v = it.next().unwrap_or_else(|| usage(&format!("{k} needs a value")));
+        let v = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{k} needs a value")));
         match k.as_str() {
             "--server" => a.server = v.parse().unwrap_or_else(|_| usage("bad --server")),
             "--duration" => a.duration = num(&k, &v),
@@ -229,7 +233,16 @@ fn run(
     preload: bool,
 ) -> (Tally, Histogram<u64>, f64) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let mut slots = vec![vec![Slot { sent: None, get: false }; a.window]; socks.len()];
+    let mut slots = vec![
+        vec![
+            Slot {
+                sent: None,
+                get: false
+            };
+            a.window
+        ];
+        socks.len()
+    ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut t = Tally::default();
     let mut next_key = 0usize;
@@ -247,7 +260,11 @@ fn run(
     loop {
         let now = Instant::now();
         let finished_preload = preload && next_key >= a.keys;
-        let stop = if preload { finished_preload } else { now >= end };
+        let stop = if preload {
+            finished_preload
+        } else {
+            now >= end
+        };
         let outstanding: usize = slots.iter().flatten().filter(|s| s.sent.is_some()).count();
         if stop && outstanding == 0 {
             break;
@@ -280,7 +297,10 @@ fn run(
                     next_key += 1;
                     (false, next_key - 1)
                 } else {
-                    (rng.unit() < a.get_ratio, (rng.next() % a.keys as u64) as usize)
+                    (
+                        rng.unit() < a.get_ratio,
+                        (rng.next() % a.keys as u64) as usize,
+                    )
                 };
                 // Request ids: slot number in the low bits, a flow tag in the high ones.
                 let id = (i as u16) | ((f as u16 & 3) << 14);
@@ -290,11 +310,16 @@ fn run(
                 which.push(i);
             }
             if !ids.is_empty() {
+                // Stamped before the send: on a veth the server may answer the batch's first
+                // requests while the syscall is still busy with its last ones.
+                let at = Instant::now();
                 let sent = send_batch(sock, &reqs[f], &which).unwrap_or(0);
                 busy |= sent > 0;
-                let at = Instant::now();
                 for &(i, get) in ids.iter().take(sent) {
-                    slots[f][i] = Slot { sent: Some(at), get };
+                    slots[f][i] = Slot {
+                        sent: Some(at),
+                        get,
+                    };
                 }
             }
             let n = recv_batch(sock, &mut bufs, &mut lens);
