@@ -41,7 +41,7 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -79,8 +79,6 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_secs(20);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one `ctl` command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long building `ctl` may take (a cold build of the control crate on 2 cores).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 /// Peer sockets tried at most to find FLOWS_PER_QUEUE flows on each RX queue.
 const MAX_CANDIDATES: usize = 64;
 /// Readiness probes before giving up (100 ms each).
@@ -138,53 +136,6 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
                 return None;
             }
         }
-    }
-}
-
-/// The `ctl` binary: `$SLIPSTREAM_CTL`, or the control crate's `ctl` built next to the
-/// `slipstream` binary under test (same target dir and profile).
-fn ctl_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("SLIPSTREAM_CTL") {
-        return Ok(PathBuf::from(p));
-    }
-    let slipstream = Path::new(env!("CARGO_BIN_EXE_slipstream"));
-    let ctl = slipstream.with_file_name("ctl");
-    let profile_dir = slipstream.parent().ok_or("slipstream has no directory")?;
-    let target_dir = profile_dir
-        .parent()
-        .ok_or("slipstream's directory has no parent")?;
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "control",
-                "--bin",
-                "ctl",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        run_bounded(cmd, "cargo build -p control --bin ctl", BUILD_TIMEOUT)?;
-    }
-    if ctl.exists() {
-        Ok(ctl)
-    } else {
-        Err(format!(
-            "no ctl binary at {} (build it with cargo build -p control --bin ctl, or set \
-             SLIPSTREAM_CTL)",
-            ctl.display()
-        ))
     }
 }
 
@@ -900,7 +851,7 @@ fn live_changes_under_load_lose_nothing_over_afxdp() {
     let Some(lab) = lab_for(test, 'l', 2) else {
         return;
     };
-    let bin = match ctl_binary() {
+    let bin = match common::ctl_binary() {
         Ok(b) => b,
         Err(e) => {
             setup_failed(test, &e);

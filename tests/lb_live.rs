@@ -26,7 +26,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -47,7 +47,6 @@ const PER_FLOW: usize = 4;
 /// How long the capture waits for the last expected frame.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(10);
 const CTL_TIMEOUT: Duration = Duration::from_secs(30);
-const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn reals4() -> Vec<IpAddr> {
     (1..=8)
@@ -210,42 +209,6 @@ fn run_bounded(mut cmd: Command, what: &str, timeout: Duration) -> Result<String
         Some(s) if s.success() => Ok(out),
         Some(s) => Err(format!("{what}: {s}: {}{out}", err.trim_end())),
         None => Err(format!("{what}: no exit within {timeout:?}: {err}{out}")),
-    }
-}
-
-/// `$SLIPSTREAM_CTL`, or the control crate's `ctl` built next to the `slipstream` under test.
-fn ctl_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("SLIPSTREAM_CTL") {
-        return Ok(PathBuf::from(p));
-    }
-    let slipstream = Path::new(env!("CARGO_BIN_EXE_slipstream"));
-    let ctl = slipstream.with_file_name("ctl");
-    let profile_dir = slipstream.parent().ok_or("slipstream has no directory")?;
-    let target_dir = profile_dir.parent().ok_or("no target directory")?;
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "control", "--bin", "ctl"])
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(other) => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        run_bounded(cmd, "cargo build -p control --bin ctl", BUILD_TIMEOUT)?;
-    }
-    if ctl.exists() {
-        Ok(ctl)
-    } else {
-        Err(format!(
-            "no ctl binary at {} (cargo build -p control --bin ctl, or set SLIPSTREAM_CTL)",
-            ctl.display()
-        ))
     }
 }
 
@@ -618,7 +581,7 @@ fn live_real_removal_keeps_established_flows_and_moves_new_ones() {
     let Some((lab, peer_mac)) = lab_with_vips(test, 'm') else {
         return;
     };
-    let ctl_bin = match ctl_binary() {
+    let ctl_bin = match common::ctl_binary() {
         Ok(b) => b,
         Err(e) => {
             setup_failed(test, &e);

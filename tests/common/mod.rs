@@ -930,3 +930,47 @@ pub fn peer_link(lab: &Lab) -> io::Result<RawLink> {
     let ifname = lab.peer_if.clone();
     in_netns(&lab.peer_ns, move || RawLink::open(&ifname))
 }
+
+/// The `ctl` binary for tests that drive a running appliance: `$SLIPSTREAM_CTL`, else the
+/// control crate's `ctl` next to the `slipstream` binary under test (`cargo test --workspace`
+/// builds it there), else built there now with cargo.
+#[allow(dead_code)]
+pub fn ctl_binary() -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os("SLIPSTREAM_CTL") {
+        return Ok(std::path::PathBuf::from(p));
+    }
+    let slipstream = std::path::Path::new(env!("CARGO_BIN_EXE_slipstream"));
+    let ctl = slipstream.with_file_name("ctl");
+    if ctl.exists() {
+        return Ok(ctl);
+    }
+    let profile_dir = slipstream.parent().ok_or("slipstream has no directory")?;
+    let target_dir = profile_dir.parent().ok_or("no target directory")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "control",
+            "--bin",
+            "ctl",
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cargo build -p control --bin ctl: {e}"))?;
+    if status.success() && ctl.exists() {
+        Ok(ctl)
+    } else {
+        Err(format!(
+            "no ctl binary at {} (cargo build -p control --bin ctl, or set SLIPSTREAM_CTL)",
+            ctl.display()
+        ))
+    }
+}
