@@ -852,7 +852,13 @@ impl Dpdk {
         let data_room = (engine.frame_size + ffi::RTE_PKTMBUF_HEADROOM) as u16;
         let mempool = Mempool::get(g, socket, data_room, &engine.dpdk, backing).map_err(fail)?;
 
-        let conf = ffi::rte_eth_conf::default();
+        let mut conf = ffi::rte_eth_conf::default();
+        if q > 1 && info.flow_type_rss_offloads != 0 {
+            // Spread flows over the queues with every hash the device offers (with the
+            // device's default key).
+            conf.rxmode.mq_mode = ffi::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = info.flow_type_rss_offloads;
+        }
         // SAFETY: a valid port id and a zeroed (default) configuration.
         let rc = unsafe { ffi::rte_eth_dev_configure(port_id, q, q, &conf) };
         if rc != 0 {
