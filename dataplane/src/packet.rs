@@ -111,7 +111,9 @@ pub struct Meta {
     /// Receive timestamp in nanoseconds (capture time for pcap ports, so that outputs are
     /// deterministic; `CLOCK_MONOTONIC` for live ports).
     pub ts_ns: u64,
-    /// Flow hash (symmetric over the 5-tuple), used to spread packets over workers.
+    /// Flow hash (symmetric over the 5-tuple), used to spread packets over workers. Set by
+    /// the receiving worker in pipeline mode only (0 otherwise: run-to-completion needs no
+    /// hash, and handlers that want one compute their own with `wire::flow_hash`).
     pub hash: u32,
     /// Header offsets found by the receive-side parse.
     pub layout: Layout,

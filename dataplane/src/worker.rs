@@ -473,7 +473,8 @@ impl Worker {
             bytes += f.len() as u64;
             match crate::wire::parse(f.data()) {
                 Ok(layout) => {
-                    f.meta.hash = crate::wire::flow_hash(f.data(), &layout);
+                    // The flow hash is only needed to spread (pipeline mode): computed there.
+                    f.meta.hash = 0;
                     f.meta.layout = layout;
                     f.meta.tx = None;
                     // Cannot fail: rx and work have the same capacity.
@@ -493,7 +494,8 @@ impl Worker {
     fn spread(&mut self, s: &mut Scratch) {
         let me = self.id.0 as usize;
         let n = self.peers.len() as u64;
-        for f in s.work.drain() {
+        for mut f in s.work.drain() {
+            f.meta.hash = crate::wire::flow_hash(f.data(), &f.meta.layout);
             let pick = ((f.meta.hash as u64 * n) >> 32) as usize;
             let target = self.peers.get(pick).map_or(me, |w| w.0 as usize);
             if target == me {
