@@ -39,8 +39,9 @@ struct GenCfg {
     sport_base: u16,
     pad: u16,
     flows: u32,
+    ifindex: u32,
 }
-const _: () = assert!(mem::size_of::<GenCfg>() == 8);
+const _: () = assert!(mem::size_of::<GenCfg>() == 12);
 
 /// Plain-old-data types that may be copied into map values byte for byte.
 ///
@@ -222,12 +223,14 @@ impl Programs {
         }
     }
 
-    /// Generator: source port = `sport_base + seq % flows` (flows <= 1: template's port).
-    pub fn set_gen(&self, sport_base: u16, flows: u32) -> anyhow::Result<()> {
+    /// Generator: source port = `sport_base + seq % flows` (flows <= 1: template's port), for
+    /// test runs on `ifindex` only (elsewhere the program passes every frame).
+    pub fn set_gen(&self, sport_base: u16, flows: u32, ifindex: u32) -> anyhow::Result<()> {
         let cfg = GenCfg {
             sport_base,
             pad: 0,
             flows,
+            ifindex,
         };
         self.gen_cfg
             .update(0, &[cfg])

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
-use crate::bpf::Programs;
+use crate::bpf::{Mode, Prog, Programs};
 use crate::frame::{self, Mac};
 
 /// Frames per syscall at full rate: large enough that syscall overhead vanishes, small
@@ -115,7 +115,18 @@ pub fn run(args: &Args, stop: &AtomicBool) -> anyhow::Result<serde_json::Value> 
     })?;
     let ifindex = crate::bpf::ifindex(&args.ifname)?;
     let progs = Programs::load()?;
-    progs.set_gen(args.src_port, args.flows)?;
+    progs.set_gen(args.src_port, args.flows, ifindex)?;
+    // Every BPF_PROG_RUN of an XDP program that no interface runs adds it to the kernel's XDP
+    // dispatcher and removes it again afterwards, and each change waits for an RCU grace
+    // period (`bpf_dispatcher_change_prog` -> `synchronize_rcu`): milliseconds per call, in
+    // which the generator sleeps. The offered load then came in bursts of CHUNK frames with
+    // idle gaps (the generator's core was half idle), overflowing receive rings during the
+    // bursts and starving the receiver between them. Attached somewhere, the program stays in
+    // the dispatcher and test runs change nothing. The loopback of this namespace is the
+    // harmless place: generic mode, and the program passes every frame that is not its own.
+    let _parked = progs
+        .attach(Prog::Gen, "lo", Mode::Generic)
+        .context("parking the generator program on lo (keeps it in the XDP dispatcher)")?;
     let before = xdp_xmit_stats(&args.ifname);
 
     let limit = Duration::from_secs_f64(args.seconds);

@@ -362,6 +362,34 @@ fn prefill(s: &mut Socket, pool: &FramePool, descs: &[FrameDesc], frame_size: u3
     s.in_kernel += produced as u64;
 }
 
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, Linux 6.17): the most descriptors one
+/// `sendto(2)` turns into skbs in copy mode (default 32).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Lets one kick of a copy-mode socket transmit up to a whole TX ring instead of the
+/// kernel's default 32 descriptors, so a loop turn that queued several bursts needs one
+/// `sendto(2)`, not one per 32 frames. Older kernels (ENOPROTOOPT) keep their default.
+fn raise_tx_budget(fd: std::os::fd::RawFd, ring: u32) {
+    let budget = ring as libc::c_int;
+    // SAFETY: setsockopt(2) on our own socket with a c_int option value that outlives the
+    // call; the kernel copies the value and clamps it to the TX ring size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "XDP_MAX_TX_SKB_BUDGET not set ({}): the kernel's default TX budget applies",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Binds one socket: zero-copy first (unless told otherwise), copy mode on EOPNOTSUPP,
 /// retrying on EBUSY. Returns the socket and whether it is zero-copy.
 fn bind(
@@ -395,6 +423,9 @@ fn bind(
             // (interface, queue) pair is bound once per port.
             match unsafe { xsk_rs::Socket::new(config, umem, ifname, queue) } {
                 Ok((tx, rx, Some((fq, cq)))) => {
+                    if !zc {
+                        raise_tx_budget(rx.fd().as_raw_fd(), ring.get());
+                    }
                     return Ok((
                         Socket {
                             tx,

@@ -3,12 +3,15 @@
  * netbench's XDP programs (one object, three programs; user space picks one).
  *
  *   nb_gen   The traffic generator's program, run by BPF_PROG_RUN with
- *            BPF_F_TEST_XDP_LIVE_FRAMES (never attached): rewrites the UDP source port of
+ *            BPF_F_TEST_XDP_LIVE_FRAMES: rewrites the UDP source port of
  *            the template frame from a per-CPU counter (`gen_cfg`: base + seq % flows) and
  *            returns XDP_TX, which the kernel turns into a transmit out of the ingress
  *            interface given in the run's context. The UDP checksum of the template is 0
  *            ("none", IPv4), so rewriting the port needs no checksum update; the IPv4
- *            header is not touched.
+ *            header is not touched. While a generator runs, the program is also attached
+ *            (generic mode) to the loopback of its namespace, only so that it stays in the
+ *            kernel's XDP dispatcher (see gen.rs); there, and for any frame not of a test
+ *            run on the configured interface, it returns XDP_PASS.
  *   nb_drop  The ceiling: counts every frame (per-CPU) and drops it.
  *   nb_sink  The reply counter: counts and drops IPv4 UDP frames (optionally only those
  *            from one source port, `sink_cfg`), passes everything else (ARP, ICMP, IPv6
@@ -27,7 +30,7 @@
 
 #include "netbench.h"
 
-_Static_assert(sizeof(struct nb_gen_cfg) == 8, "nb_gen_cfg layout is shared with Rust");
+_Static_assert(sizeof(struct nb_gen_cfg) == 12, "nb_gen_cfg layout is shared with Rust");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -96,6 +99,8 @@ int nb_gen(struct xdp_md *ctx)
 
 	if (!cfg || !seq)
 		return XDP_ABORTED;
+	if (ctx->ingress_ifindex != cfg->ifindex)
+		return XDP_PASS;
 	if (cfg->flows > 1) {
 		udp = udp4(ctx);
 		if (!udp)

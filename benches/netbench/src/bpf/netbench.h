@@ -9,11 +9,14 @@
 #include <linux/types.h>
 
 /* Generator: UDP source port = sport_base + (per-CPU sequence % flows); flows <= 1 leaves
- * the template's port alone. Host byte order. */
+ * the template's port alone. Host byte order. Only frames of a test run on `ifindex` are
+ * generated; the program also sits on the namespace's loopback (see gen.rs) and passes
+ * everything there. */
 struct nb_gen_cfg {
 	__u16 sport_base;
 	__u16 pad;
 	__u32 flows;
+	__u32 ifindex;
 };
 
 /* Keys of the `counts` PERCPU array. */
