@@ -437,7 +437,7 @@ fn bind(
                             fill_pending: Vec::new(),
                         },
                         zc,
-                    ))
+                    ));
                 }
                 Ok((_, _, None)) => {
                     return Err(cfg_err(
