@@ -39,6 +39,33 @@ pub enum Class {
     Request(Range<usize>),
 }
 
+/// The key of a UDP memcached `get`, `gets` or `set` request to `port` whose command starts
+/// the datagram, without any validation (no checksum, no length checks beyond the frame's
+/// bytes): a hint for prefetching, never a basis for an answer.
+pub fn first_key<'a>(frame: &'a [u8], layout: &Layout, port: u16) -> Option<&'a [u8]> {
+    if layout.l4_proto != ip_proto::UDP {
+        return None;
+    }
+    let l4 = usize::from(layout.l4_off);
+    let udp = frame.get(l4..l4 + 8)?;
+    if u16::from_be_bytes([udp[2], udp[3]]) != port {
+        return None;
+    }
+    let cmd = frame.get(l4 + 8 + crate::proto::HEADER_LEN..)?;
+    let rest = if let Some(r) = cmd.strip_prefix(b"get ") {
+        r
+    } else if let Some(r) = cmd.strip_prefix(b"gets ") {
+        r
+    } else {
+        cmd.strip_prefix(b"set ")?
+    };
+    let end = rest
+        .iter()
+        .take(crate::proto::KEY_MAX + 1)
+        .position(|&b| b == b' ' || b == b'\r')?;
+    (end > 0).then(|| &rest[..end])
+}
+
 /// Classifies `frame` (with its receive-side `layout`) for a kv service on `port`.
 pub fn classify(frame: &[u8], layout: &Layout, port: u16) -> Class {
     if layout.l4_proto != ip_proto::UDP {
@@ -323,6 +350,35 @@ mod tests {
             classify(&f6, &layout(&f6), 11211),
             Class::Request(_)
         ));
+    }
+
+    #[test]
+    fn first_key_finds_get_gets_and_set_keys_only() {
+        let e = Endpoints4 {
+            dst_port: 11211,
+            ..Endpoints4::default()
+        };
+        let key = |payload: &[u8], port: u16| {
+            let f = build::udp4(&e, payload, None);
+            first_key(&f, &layout(&f), port).map(<[u8]>::to_vec)
+        };
+        let h = b"\0\x01\0\0\0\x01\0\0";
+        let with = |cmd: &[u8]| [&h[..], cmd].concat();
+        assert_eq!(key(&with(b"get abc\r\n"), 11211), Some(b"abc".to_vec()));
+        assert_eq!(key(&with(b"gets k1 k2\r\n"), 11211), Some(b"k1".to_vec()));
+        assert_eq!(
+            key(&with(b"set kk 0 0 1\r\nx\r\n"), 11211),
+            Some(b"kk".to_vec())
+        );
+        assert_eq!(key(&with(b"get abc\r\n"), 7), None);
+        assert_eq!(key(&with(b"delete abc\r\n"), 11211), None);
+        assert_eq!(key(&with(b"get \r\n"), 11211), None);
+        assert_eq!(key(&with(b"get abc"), 11211), None);
+        assert_eq!(
+            key(&with(&[b"get ".as_slice(), &[b'k'; 300]].concat()), 11211),
+            None
+        );
+        assert_eq!(key(b"\0\x01", 11211), None);
     }
 
     /// A reply parses as a valid frame with the addresses reversed and correct checksums.

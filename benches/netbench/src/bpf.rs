@@ -40,8 +40,26 @@ struct GenCfg {
     pad: u16,
     flows: u32,
     ifindex: u32,
+    kv: KvShape,
 }
-const _: () = assert!(mem::size_of::<GenCfg>() == 12);
+const _: () = assert!(mem::size_of::<GenCfg>() == 36);
+
+/// The memcached part of `struct nb_gen_cfg`: how the generator turns its `set` template
+/// into each frame's get or set. Lengths and the checksum in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvShape {
+    pub keys: u32,
+    pub get_permille: u32,
+    /// Bytes a get is shorter than the template.
+    pub shrink: u32,
+    pub ip_len_get: u16,
+    pub ip_csum_get: u16,
+    pub udp_len_get: u16,
+    pub ip_len_set: u16,
+    pub ip_csum_set: u16,
+    pub udp_len_set: u16,
+}
 
 /// Plain-old-data types that may be copied into map values byte for byte.
 ///
@@ -224,13 +242,21 @@ impl Programs {
     }
 
     /// Generator: source port = `sport_base + seq % flows` (flows <= 1: template's port), for
-    /// test runs on `ifindex` only (elsewhere the program passes every frame).
-    pub fn set_gen(&self, sport_base: u16, flows: u32, ifindex: u32) -> anyhow::Result<()> {
+    /// test runs on `ifindex` only (elsewhere the program passes every frame); with `kv`,
+    /// memcached requests made from a `set` template (see netbench.h).
+    pub fn set_gen(
+        &self,
+        sport_base: u16,
+        flows: u32,
+        ifindex: u32,
+        kv: Option<KvShape>,
+    ) -> anyhow::Result<()> {
         let cfg = GenCfg {
             sport_base,
             pad: 0,
             flows,
             ifindex,
+            kv: kv.unwrap_or_default(),
         };
         self.gen_cfg
             .update(0, &[cfg])

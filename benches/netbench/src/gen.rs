@@ -27,12 +27,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
-use crate::bpf::{Mode, Prog, Programs};
+use crate::bpf::{KvShape, Mode, Prog, Programs};
 use crate::frame::{self, Mac};
 
 /// Frames per syscall at full rate: large enough that syscall overhead vanishes, small
 /// enough (~35 ms at 2 Mpps) that `--seconds` and signals are noticed promptly.
 const CHUNK: u64 = 65_536;
+/// memcached mode layout (netbench.h): the command's offset and a get's frame length.
+const NB_KV_CMD_OFF: usize = 50;
+const NB_KV_GET_LEN: usize = NB_KV_CMD_OFF + 4 + 32 + 2;
+const NB_KV_MAX_KEYS: u32 = 100_000;
 /// Largest batch the kernel takes (`TEST_XDP_MAX_BATCH`, net/bpf/test_run.c).
 const MAX_BATCH: u32 = 256;
 
@@ -83,6 +87,73 @@ pub struct Args {
     /// budget.
     #[arg(long, default_value_t = 64)]
     pub batch: u32,
+    /// memcached mode: send memcached UDP `get`/`set` requests with values of this many
+    /// bytes (instead of `--size` frames), over kv-load's key space (`kvload:` + 25 digits).
+    /// Open loop: for a server's throughput under overload, counted by `sink` at the peer.
+    #[arg(long)]
+    pub kv_value: Option<usize>,
+    /// memcached mode: keys 0..N (at most 100000). Default 10000, as kv-load.
+    #[arg(long, default_value_t = 10_000)]
+    pub kv_keys: u32,
+    /// memcached mode: share of gets (the rest are sets). Default 0.9.
+    #[arg(long, default_value_t = 0.9)]
+    pub kv_get_ratio: f64,
+}
+
+/// memcached mode: the `set` template and how to turn it into a get.
+fn kv_template(args: &Args, value: usize) -> anyhow::Result<(Vec<u8>, KvShape)> {
+    if !(1..=NB_KV_MAX_KEYS).contains(&args.kv_keys) {
+        bail!("--kv-keys {}: use 1..={NB_KV_MAX_KEYS}", args.kv_keys);
+    }
+    if !(0.0..=1.0).contains(&args.kv_get_ratio) {
+        bail!("--kv-get-ratio {}: use 0..=1", args.kv_get_ratio);
+    }
+    if value > 1400 {
+        bail!("--kv-value {value}: at most 1400 bytes (one datagram on a 1500-byte MTU)");
+    }
+    // memcached's UDP frame header: request id 0, sequence 0, one datagram, reserved.
+    let header = [0u8, 0, 0, 0, 0, 1, 0, 0];
+    let key = format!("kvload:{:025}", 0);
+    let mut set = header.to_vec();
+    set.extend_from_slice(format!("set {key} 0 0 {value}\r\n").as_bytes());
+    set.extend(std::iter::repeat_n(b'x', value));
+    set.extend_from_slice(b"\r\n");
+    let mut get = header.to_vec();
+    get.extend_from_slice(format!("get {key}\r\n").as_bytes());
+    let build = |payload: &[u8]| -> anyhow::Result<Vec<u8>> {
+        let builder = etherparse::PacketBuilder::ethernet2(args.src_mac.0, args.dst_mac.0)
+            .ipv4(args.src_ip.octets(), args.dst_ip.octets(), 64)
+            .udp(args.src_port, args.dst_port);
+        let mut frame = Vec::with_capacity(builder.size(payload.len()));
+        builder
+            .write(&mut frame, payload)
+            .context("building the memcached request frame")?;
+        // UDP checksum 0 ("none"): the program rewrites ports, keys and lengths.
+        frame[40..42].copy_from_slice(&[0, 0]);
+        Ok(frame)
+    };
+    let set = build(&set)?;
+    let get = build(&get)?;
+    debug_assert_eq!(&set[NB_KV_CMD_OFF..NB_KV_CMD_OFF + 4], b"set ");
+    if get.len() != NB_KV_GET_LEN {
+        bail!(
+            "internal: a get frame is {} bytes, the program expects {NB_KV_GET_LEN}",
+            get.len()
+        );
+    }
+    let raw = |f: &[u8], at: usize| u16::from_ne_bytes([f[at], f[at + 1]]);
+    let shape = KvShape {
+        keys: args.kv_keys,
+        get_permille: (args.kv_get_ratio * 1000.0).round() as u32,
+        shrink: (set.len() - get.len()) as u32,
+        ip_len_get: raw(&get, 16),
+        ip_csum_get: raw(&get, 24),
+        udp_len_get: raw(&get, 38),
+        ip_len_set: raw(&set, 16),
+        ip_csum_set: raw(&set, 24),
+        udp_len_set: raw(&set, 38),
+    };
+    Ok((set, shape))
 }
 
 /// Sends the frames; returns the result line.
@@ -104,18 +175,27 @@ pub fn run(args: &Args, stop: &AtomicBool) -> anyhow::Result<serde_json::Value> 
         bail!("--seconds {}: use a positive number", args.seconds);
     }
     crate::pin(args.core)?;
-    let template = frame::udp_request(&frame::Spec {
-        src_mac: args.src_mac,
-        dst_mac: args.dst_mac,
-        src_ip: args.src_ip,
-        dst_ip: args.dst_ip,
-        src_port: args.src_port,
-        dst_port: args.dst_port,
-        size: args.size,
-    })?;
+    let (template, kv) = match args.kv_value {
+        Some(value) => {
+            let (t, shape) = kv_template(args, value)?;
+            (t, Some(shape))
+        }
+        None => (
+            frame::udp_request(&frame::Spec {
+                src_mac: args.src_mac,
+                dst_mac: args.dst_mac,
+                src_ip: args.src_ip,
+                dst_ip: args.dst_ip,
+                src_port: args.src_port,
+                dst_port: args.dst_port,
+                size: args.size,
+            })?,
+            None,
+        ),
+    };
     let ifindex = crate::bpf::ifindex(&args.ifname)?;
     let progs = Programs::load()?;
-    progs.set_gen(args.src_port, args.flows, ifindex)?;
+    progs.set_gen(args.src_port, args.flows, ifindex, kv)?;
     // Every BPF_PROG_RUN of an XDP program that no interface runs adds it to the kernel's XDP
     // dispatcher and removes it again afterwards, and each change waits for an RCU grace
     // period (`bpf_dispatcher_change_prog` -> `synchronize_rcu`): milliseconds per call, in
@@ -187,6 +267,8 @@ pub fn run(args: &Args, stop: &AtomicBool) -> anyhow::Result<serde_json::Value> 
         "mpps": pps / 1e6,
         "rate_pps": args.rate_pps,
         "size": args.size,
+        "kv_value": args.kv_value,
+        "kv_get_ratio": args.kv_value.map(|_| args.kv_get_ratio),
         "flows": args.flows,
         "batch": args.batch,
         "core": args.core,
@@ -247,5 +329,52 @@ mod tests {
                     tx_queue_1_xdp_xmit: 20\n     tx_queue_1_xdp_xmit_errors: 1\n";
         assert_eq!(parse_xdp_xmit(text), Some((120, 4)));
         assert_eq!(parse_xdp_xmit("NIC statistics:\n rx_bytes: 1\n"), None);
+    }
+
+    #[test]
+    fn kv_template_is_a_set_and_its_get_shape_is_consistent() {
+        let args = Args {
+            ifname: "x".into(),
+            dst_mac: "02:00:c6:12:00:01".parse().unwrap(),
+            src_mac: "02:00:c6:12:00:02".parse().unwrap(),
+            dst_ip: Ipv4Addr::new(198, 18, 0, 1),
+            src_ip: Ipv4Addr::new(198, 18, 0, 2),
+            dst_port: 11211,
+            src_port: 10_000,
+            size: 64,
+            flows: 1,
+            count: 1,
+            rate_pps: 0,
+            core: None,
+            seconds: 1.0,
+            batch: 64,
+            kv_value: Some(100),
+            kv_keys: 10_000,
+            kv_get_ratio: 0.9,
+        };
+        let (set, shape) = kv_template(&args, 100).unwrap();
+        let p = etherparse::SlicedPacket::from_ethernet(&set).unwrap();
+        let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else {
+            panic!("not UDP")
+        };
+        let payload = udp.payload();
+        assert_eq!(&payload[..8], &[0, 0, 0, 0, 0, 1, 0, 0]);
+        assert!(payload[8..].starts_with(b"set kvload:0000000000000000000000000 0 0 100\r\n"));
+        assert!(payload.ends_with(b"\r\n"));
+        assert_eq!(&set[NB_KV_CMD_OFF..NB_KV_CMD_OFF + 4], b"set ");
+        // What the program writes for a get: 38 payload bytes after the memcached header.
+        let be = |v: u16| u16::from_be_bytes(v.to_ne_bytes());
+        assert_eq!(be(shape.ip_len_get), 20 + 8 + 8 + 38);
+        assert_eq!(be(shape.udp_len_get), 8 + 8 + 38);
+        assert_eq!(be(shape.ip_len_set) as usize, set.len() - 14);
+        assert_eq!(shape.shrink as usize, set.len() - NB_KV_GET_LEN);
+        assert_eq!(shape.get_permille, 900);
+        // The get checksum is the one of a header with the get's length.
+        let mut get = set[..NB_KV_GET_LEN].to_vec();
+        get[16..18].copy_from_slice(&shape.ip_len_get.to_ne_bytes());
+        get[24..26].copy_from_slice(&shape.ip_csum_get.to_ne_bytes());
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&get[14..34]).unwrap();
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+        assert!(kv_template(&Args { kv_keys: 0, ..args }, 100).is_err());
     }
 }

@@ -30,7 +30,7 @@
 
 #include "netbench.h"
 
-_Static_assert(sizeof(struct nb_gen_cfg) == 12, "nb_gen_cfg layout is shared with Rust");
+_Static_assert(sizeof(struct nb_gen_cfg) == 36, "nb_gen_cfg layout is shared with Rust");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -89,6 +89,45 @@ static __always_inline struct udphdr *udp4(struct xdp_md *ctx)
 	return udp;
 }
 
+/* memcached mode: turn the `set` template into this frame's get or set (see netbench.h). */
+static __always_inline int kv_request(struct xdp_md *ctx, struct nb_gen_cfg *cfg, __u32 seq)
+{
+	__u8 *data = (void *)(long)ctx->data;
+	__u8 *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = (void *)(data + sizeof(struct ethhdr));
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 h = seq * 2654435761u;
+	__u32 key = ((h >> 8) ^ (seq * 40503u)) % cfg->kv_keys;
+	int get = ((h >> 16) % 1000) < cfg->kv_get_permille;
+	int i;
+
+	if (data + NB_KV_KEY_END + 2 > end)
+		return XDP_ABORTED;
+	for (i = 4; i >= 0; i--) {
+		data[NB_KV_DIGITS_OFF + i] = '0' + key % 10;
+		key /= 10;
+	}
+	if (get) {
+		data[NB_KV_CMD_OFF] = 'g';
+		data[NB_KV_KEY_END] = '\r';
+		data[NB_KV_KEY_END + 1] = '\n';
+		ip->tot_len = cfg->ip_len_get;
+		ip->check = cfg->ip_csum_get;
+		udp->len = cfg->udp_len_get;
+		if (bpf_xdp_adjust_tail(ctx, -(int)cfg->kv_shrink))
+			return XDP_ABORTED;
+	} else {
+		/* The page may hold a get from an earlier run: restore the set. */
+		data[NB_KV_CMD_OFF] = 's';
+		data[NB_KV_KEY_END] = ' ';
+		data[NB_KV_KEY_END + 1] = '0';
+		ip->tot_len = cfg->ip_len_set;
+		ip->check = cfg->ip_csum_set;
+		udp->len = cfg->udp_len_set;
+	}
+	return XDP_TX;
+}
+
 SEC("xdp")
 int nb_gen(struct xdp_md *ctx)
 {
@@ -96,18 +135,22 @@ int nb_gen(struct xdp_md *ctx)
 	struct nb_gen_cfg *cfg = bpf_map_lookup_elem(&gen_cfg, &zero);
 	__u32 *seq = bpf_map_lookup_elem(&gen_seq, &zero);
 	struct udphdr *udp;
+	__u32 s;
 
 	if (!cfg || !seq)
 		return XDP_ABORTED;
 	if (ctx->ingress_ifindex != cfg->ifindex)
 		return XDP_PASS;
+	s = *seq;
+	*seq = s + 1;
 	if (cfg->flows > 1) {
 		udp = udp4(ctx);
 		if (!udp)
 			return XDP_ABORTED;
-		udp->source = bpf_htons(cfg->sport_base + *seq % cfg->flows);
-		*seq += 1;
+		udp->source = bpf_htons(cfg->sport_base + s % cfg->flows);
 	}
+	if (cfg->kv_keys > 0 && cfg->kv_keys <= NB_KV_MAX_KEYS)
+		return kv_request(ctx, cfg, s);
 	return XDP_TX;
 }
 
