@@ -57,6 +57,21 @@ impl Batch {
         Ok(())
     }
 
+    /// Appends every frame of `frames`, which must fit (a receive path that asked for at
+    /// most [`Batch::remaining`] frames). One check for the whole burst instead of one per
+    /// frame.
+    ///
+    /// # Panics
+    /// If the frames do not fit: handing some back or dropping them would lose frames.
+    #[inline]
+    pub fn extend_exact<I: ExactSizeIterator<Item = Frame>>(&mut self, frames: I) {
+        assert!(
+            frames.len() <= self.remaining(),
+            "burst larger than the batch"
+        );
+        self.frames.extend(frames);
+    }
+
     /// The frames.
     #[inline]
     pub fn as_slice(&self) -> &[Frame] {

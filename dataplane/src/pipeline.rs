@@ -179,7 +179,11 @@ pub struct Context {
     pub worker: WorkerId,
     /// Number of workers in the engine (for spreading by hash).
     pub workers: u16,
-    /// Time at the start of the burst, nanoseconds on the engine clock.
+    /// Time at the start of the burst, nanoseconds on the engine clock, give or take a few
+    /// loop turns: a worker reads the clock at most once per turn and reuses the reading
+    /// for a few consecutive busy turns (never across an idle one), so it lags by
+    /// microseconds under load. Never decreases; fine for expiry and ageing, not for timing
+    /// one packet.
     pub now_ns: u64,
 }
 
@@ -192,6 +196,17 @@ pub trait Handler: Send {
     /// Decides verdicts for the packets whose verdict is [`Verdict::Next`]; leaves the others
     /// untouched. `frames` and `verdicts` have the same length.
     fn process(&mut self, frames: &mut [Frame], verdicts: &mut [Verdict], cx: &Context);
+
+    /// Whether this handler reads [`Meta::layout`](crate::Meta) or relies on the
+    /// receive-side parse having dropped malformed frames (the default). A worker whose whole
+    /// chain answers false skips that parse: its handlers then see frames exactly as the
+    /// port delivered them, of any length (shorter than an Ethernet header included) and
+    /// with any header contents, `meta.layout` left at its default. Such a handler checks
+    /// what it reads itself and drops what it cannot handle with a reason (`runt` for a
+    /// frame too short for it), never panics.
+    fn needs_layout(&self) -> bool {
+        true
+    }
 
     /// As [`Handler::process`], for handlers that may answer one packet with several: extra
     /// frames come from `emit` (see [`Emit`]). The worker calls this one; the default
@@ -288,9 +303,10 @@ impl<'a> Emit<'a> {
 }
 
 /// An ordered chain of handlers, one per worker.
-#[derive(Default)]
 pub struct Pipeline {
     handlers: Vec<Box<dyn Handler>>,
+    /// Some handler needs the receive-side parse ([`Handler::needs_layout`]).
+    needs_layout: bool,
 }
 
 impl fmt::Debug for Pipeline {
@@ -301,15 +317,40 @@ impl fmt::Debug for Pipeline {
     }
 }
 
+impl Default for Pipeline {
+    /// The empty chain: every packet is dropped, as `unhandled` or by what the parse found.
+    fn default() -> Pipeline {
+        Pipeline::new(Vec::new())
+    }
+}
+
 impl Pipeline {
     /// A chain running `handlers` in order.
     pub fn new(handlers: Vec<Box<dyn Handler>>) -> Pipeline {
-        Pipeline { handlers }
+        let mut p = Pipeline {
+            handlers,
+            needs_layout: true,
+        };
+        p.needs_layout = p.layout_needed();
+        p
     }
 
     /// Appends a handler.
     pub fn push(&mut self, handler: Box<dyn Handler>) {
         self.handlers.push(handler);
+        self.needs_layout = self.layout_needed();
+    }
+
+    fn layout_needed(&self) -> bool {
+        self.handlers.is_empty() || self.handlers.iter().any(|h| h.needs_layout())
+    }
+
+    /// True unless every handler of the chain declares that it needs no receive-side parse
+    /// ([`Handler::needs_layout`]). The empty chain keeps the parse, so that its drops still
+    /// say what was wrong with a malformed frame.
+    #[inline]
+    pub fn needs_layout(&self) -> bool {
+        self.needs_layout
     }
 
     /// Handler names, in order.
@@ -320,8 +361,8 @@ impl Pipeline {
     /// Runs the chain: every entry of `verdicts` must be `Next` on entry; on return none is.
     pub fn run(&mut self, frames: &mut [Frame], verdicts: &mut [Verdict], cx: &Context) {
         debug_assert_eq!(frames.len(), verdicts.len());
-        for h in &mut self.handlers {
-            if !verdicts.contains(&Verdict::Next) {
+        for (i, h) in self.handlers.iter_mut().enumerate() {
+            if i > 0 && !verdicts.contains(&Verdict::Next) {
                 return;
             }
             h.process(frames, verdicts, cx);
@@ -337,15 +378,49 @@ impl Pipeline {
         cx: &Context,
         emit: &mut Emit<'_>,
     ) {
+        let _ = self.run_burst(frames, verdicts, cx, emit);
+    }
+
+    /// As [`Pipeline::run_emit`], and says when the whole burst goes to one queue: `Some(q)`
+    /// when every verdict is `Tx(q)`, so that a worker can transmit such a burst in one go
+    /// without looking at each verdict again.
+    pub fn run_burst(
+        &mut self,
+        frames: &mut [Frame],
+        verdicts: &mut [Verdict],
+        cx: &Context,
+        emit: &mut Emit<'_>,
+    ) -> Option<QueueId> {
         debug_assert_eq!(frames.len(), verdicts.len());
-        for h in &mut self.handlers {
-            if !verdicts.contains(&Verdict::Next) {
-                return;
+        for (i, h) in self.handlers.iter_mut().enumerate() {
+            // Every verdict is `Next` on entry: the first handler needs no look.
+            if i > 0 && !verdicts.contains(&Verdict::Next) {
+                break;
             }
             h.process_emit(frames, verdicts, cx, emit);
         }
-        unhandled(verdicts);
+        let q = all_tx(verdicts);
+        if q.is_none() {
+            unhandled(verdicts);
+        }
+        q
     }
+}
+
+/// `Some(q)` when every verdict is `Tx(q)` (then none is `Next`). Branch-free over the
+/// burst but for one test at the end: a few instructions per verdict.
+fn all_tx(verdicts: &[Verdict]) -> Option<QueueId> {
+    let Some(&Verdict::Tx(q)) = verdicts.first() else {
+        return None;
+    };
+    let mut odd = 0;
+    for v in verdicts {
+        odd |= match *v {
+            Verdict::Tx(x) => (x.port.0 ^ q.port.0) | (x.queue ^ q.queue),
+            _ => 1,
+        };
+    }
+    (odd == 0).then_some(q)
 }
 
 fn unhandled(verdicts: &mut [Verdict]) {
@@ -359,6 +434,40 @@ fn unhandled(verdicts: &mut [Verdict]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Fixed(bool);
+    impl Handler for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn process(&mut self, _: &mut [Frame], _: &mut [Verdict], _: &Context) {}
+        fn needs_layout(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn chain_skips_the_parse_only_when_no_handler_needs_it() {
+        assert!(Pipeline::default().needs_layout());
+        assert!(!Pipeline::new(vec![Box::new(Fixed(false))]).needs_layout());
+        let mut p = Pipeline::new(vec![Box::new(Fixed(false)), Box::new(Fixed(false))]);
+        assert!(!p.needs_layout());
+        p.push(Box::new(Fixed(true)));
+        assert!(p.needs_layout());
+        assert!(Pipeline::new(vec![Box::new(Fixed(true)), Box::new(Fixed(false))]).needs_layout());
+    }
+
+    #[test]
+    fn a_burst_says_when_it_all_goes_to_one_queue() {
+        let q = QueueId::new(1, 0);
+        let tx = Verdict::Tx(q);
+        assert_eq!(all_tx(&[tx, tx, tx]), Some(q));
+        assert_eq!(all_tx(&[tx, Verdict::Next, tx]), None);
+        assert_eq!(all_tx(&[tx, tx, Verdict::Tx(QueueId::new(1, 1))]), None);
+        assert_eq!(all_tx(&[tx, Verdict::Tx(QueueId::new(0, 0))]), None);
+        assert_eq!(all_tx(&[Verdict::Drop(DropReason::Filtered); 2]), None);
+        assert_eq!(all_tx(&[]), None);
+    }
 
     #[test]
     fn reasons_round_trip_and_index_in_order() {

@@ -5,7 +5,8 @@
 //! instead of `fetch_add` (no locked instruction on the hot path). Readers sum the blocks
 //! into plain snapshots at any time without stopping anybody.
 //!
-//! Latency (per-burst handler time) goes into a worker-local `hdrhistogram::Histogram`.
+//! Latency (per-burst handler time, of a fixed sample of the bursts: see `worker`) goes
+//! into a worker-local `hdrhistogram::Histogram`.
 //! Publishing it to readers must not allocate or lock, so three preallocated histograms
 //! circulate between two lock-free queues: the worker copies its histogram into a spare one
 //! and posts it; a reader takes the posted one, reads it and gives it back as a spare.

@@ -9,13 +9,15 @@
 //!
 //! Streams: by default each port's frames leave through the port they arrived on
 //! (`SS_DPDK_BENCH_STREAMS=reflect`). testpmd forwards p0 -> p1 and p1 -> p0; with `net_null`
-//! both are the same work per frame (an RX burst from one null device, a TX burst into one),
-//! but today's worker copies a frame whose destination port has another pool id even when
-//! both pools are the same mempool, so `cross` measures that copy too.
+//! both are the same work per frame (an RX burst from one null device, a TX burst into one).
+//! `cross` sends p0 -> p1 and p1 -> p0: both ports' pools front the one mempool, so frames
+//! change pools without a copy (`copies` stays 0).
 //!
-//! Every frame runs through the whole engine: RX burst, the receive-side parse (the zeroed
-//! `net_null` frames parse as Ethernet with ethertype 0), the handler chain, verdicts, TX
-//! burst. With `SS_DPDK_BENCH_ENGINE=bare` the engine is left out: one pinned thread calls
+//! Every frame runs through the whole engine, the same path as `slipstream run`: RX burst,
+//! the handler chain, verdicts, TX burst. Neither chain needs the receive-side parse (the
+//! `io` handler reads no header, `macswap` checks the length itself:
+//! `Handler::needs_layout`), so the worker skips it, as testpmd does; a chain with any
+//! handler that reads headers (arp, icmp, udp-echo, lb, kv) parses every frame. With `SS_DPDK_BENCH_ENGINE=bare` the engine is left out: one pinned thread calls
 //! the port's `rx_burst` and `tx_burst` (through the `Queue` trait, mbufs turned into frames
 //! and back) and, in `macswap` mode, swaps the addresses itself; this isolates the port's own
 //! cost. `#[ignore]`d: it only runs when the script asks for it.
@@ -50,12 +52,19 @@ impl Handler for Out {
     fn name(&self) -> &str {
         "io"
     }
+    /// Reads no header, like testpmd's `io` mode: the worker may skip its parse.
+    fn needs_layout(&self) -> bool {
+        false
+    }
     fn process(&mut self, frames: &mut [Frame], verdicts: &mut [Verdict], _cx: &Context) {
         for (f, v) in frames.iter().zip(verdicts.iter_mut()) {
-            if self.cross {
-                *v = Verdict::Tx(QueueId::new(1 - f.meta.rx.port.0, 0));
-            } else if *v == Verdict::Next {
-                *v = Verdict::reply(f);
+            match *v {
+                Verdict::Next if !self.cross => *v = Verdict::reply(f),
+                // Cross: also redirects what an earlier handler (macswap) sent back.
+                Verdict::Next | Verdict::Tx(_) if self.cross => {
+                    *v = Verdict::Tx(QueueId::new(1 - f.meta.rx.port.0, 0));
+                }
+                _ => {}
             }
         }
     }

@@ -197,6 +197,35 @@ impl Frame {
         (self.base, self.head, self.len)
     }
 
+    /// [`FramePool::frame_from_buffer_meta`] without touching the pool: `pool` and
+    /// `capacity` are the pool's id and [`FramePool::frame_size`], read once per burst by a
+    /// receive path that turns many device buffers into frames.
+    ///
+    /// # Safety
+    /// As for [`FramePool::frame_from_buffer`], for the pool `pool` and `capacity` came
+    /// from.
+    #[inline(always)]
+    #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
+    pub(crate) unsafe fn from_source_buffer(
+        buffer: NonNull<u8>,
+        pool: PoolId,
+        capacity: u16,
+        head: u16,
+        len: u16,
+        meta: Meta,
+    ) -> Frame {
+        debug_assert!(head as usize + len as usize <= capacity as usize);
+        Frame {
+            base: buffer,
+            index: SOURCE_INDEX,
+            pool,
+            capacity,
+            head,
+            len,
+            meta,
+        }
+    }
+
     /// Start of the frame's buffer (headroom included).
     #[inline]
     #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
@@ -490,6 +519,16 @@ impl FramePool {
             head,
             len,
             meta,
+        }
+    }
+
+    /// True when `other` hands out the same memory as this pool: both front one
+    /// [`FrameSource`] (two DPDK ports on one mempool). A frame of one can then become a
+    /// frame of the other without a copy ([`Cache::adopt`]).
+    pub fn shares_memory(&self, other: &FramePool) -> bool {
+        match (&self.source, &other.source) {
+            (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
+            _ => false,
         }
     }
 
@@ -856,6 +895,50 @@ impl Cache {
         }
     }
 
+    /// Makes `frame`, a frame of `from`'s pool, a frame of this cache's pool without
+    /// copying it, when both pools share their memory ([`FramePool::shares_memory`]); hands
+    /// it back unchanged otherwise. Each cache's local count moves with the frame, so both
+    /// pools' accounting stays exact.
+    #[inline]
+    pub fn adopt(&mut self, frame: Frame, from: &mut Cache) -> Result<Frame, Frame> {
+        if frame.pool != from.pool.id || !self.pool.shares_memory(&from.pool) {
+            return Err(frame);
+        }
+        match (self.ext.as_deref_mut(), from.ext.as_deref_mut()) {
+            (Some(to), Some(src)) => {
+                src.delta -= 1;
+                to.delta += 1;
+                let mut f = frame;
+                f.pool = self.pool.id;
+                // Same source, so the same buffer size.
+                f.capacity = self.pool.frame_size;
+                Ok(f)
+            }
+            _ => Err(frame),
+        }
+    }
+
+    /// [`Cache::adopt`] for a whole burst: every frame of `frames` must be a frame of
+    /// `from`'s pool. False (and nothing changed) when the pools do not share their memory.
+    #[inline]
+    pub fn adopt_all(&mut self, frames: &mut [Frame], from: &mut Cache) -> bool {
+        if !self.pool.shares_memory(&from.pool) {
+            return false;
+        }
+        let (Some(to), Some(src)) = (self.ext.as_deref_mut(), from.ext.as_deref_mut()) else {
+            return false;
+        };
+        let (id, capacity) = (self.pool.id, self.pool.frame_size);
+        for f in frames.iter_mut() {
+            assert_eq!(f.pool, from.pool.id, "frame of another pool");
+            f.pool = id;
+            f.capacity = capacity;
+        }
+        src.delta -= frames.len() as i64;
+        to.delta += frames.len() as i64;
+        true
+    }
+
     /// Returns every cached frame to the pool (and, for a source pool, publishes this
     /// cache's frame count to the pool's accounting).
     pub fn flush(&mut self) {
@@ -1175,6 +1258,43 @@ mod tests {
         p.free(g);
         p.verify().unwrap();
         assert_eq!(src.available(), 4);
+    }
+
+    #[test]
+    fn pools_over_one_source_pass_frames_without_a_copy_and_keep_exact_accounts() {
+        let src = fake(16);
+        let a = FramePool::from_source(PoolId(0), "a", src.clone()).unwrap();
+        let b = FramePool::from_source(PoolId(1), "b", src.clone()).unwrap();
+        let other = FramePool::from_source(PoolId(2), "c", fake(4)).unwrap();
+        assert!(a.shares_memory(&b) && !a.shares_memory(&other) && !a.shares_memory(&pool(1)));
+        let (mut ca, mut cb, mut cc) = (
+            Cache::new(a.clone(), 4),
+            Cache::new(b.clone(), 4),
+            Cache::new(other.clone(), 4),
+        );
+        let mut f = ca.alloc().unwrap();
+        assert!(f.try_fill(b"moved"));
+        let before = f.buffer();
+        let g = cb.adopt(f, &mut ca).unwrap();
+        assert_eq!(
+            (g.pool(), g.buffer(), g.data()),
+            (PoolId(1), before, &b"moved"[..])
+        );
+        // Not a frame of `cc`'s memory: handed back untouched.
+        let g = cc.adopt(g, &mut cb).unwrap_err();
+        let mut burst: Vec<Frame> = (0..3).map(|_| ca.alloc().unwrap()).collect();
+        assert!(cb.adopt_all(&mut burst, &mut ca));
+        assert!(!cc.adopt_all(&mut burst, &mut cb));
+        assert!(burst.iter().all(|f| f.pool() == PoolId(1)));
+        cb.free(g);
+        for f in burst {
+            cb.free(f);
+        }
+        drop((ca, cb, cc));
+        a.verify().unwrap();
+        b.verify().unwrap();
+        other.verify().unwrap();
+        assert_eq!(src.available(), 16);
     }
 
     #[test]

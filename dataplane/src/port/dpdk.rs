@@ -59,8 +59,8 @@ use dpdk_sys as ffi;
 
 use crate::batch::Batch;
 use crate::config::{DpdkConfig, DpdkPortConfig, EngineConfig};
-use crate::mem::{Backing, FramePool, FrameSource, PoolId, HEADROOM};
-use crate::packet::{PortId, QueueId};
+use crate::mem::{Backing, Frame, FramePool, FrameSource, PoolId, HEADROOM};
+use crate::packet::{Meta, PortId, QueueId};
 use crate::pipeline::DropReason;
 use crate::port::{Ownership, Port, PortError, Queue};
 use crate::stats::{Padded, QueueCounters};
@@ -1052,6 +1052,12 @@ impl Port for Dpdk {
             shared: self.shared.clone(),
             mbufs: vec![std::ptr::null_mut(); burst],
             delta: 0,
+            pool_id: self.shared.pool.id(),
+            capacity: self.shared.pool.frame_size() as u16,
+            meta: Meta {
+                rx: id,
+                ..Meta::default()
+            },
             polls: 0,
         }))
     }
@@ -1146,6 +1152,10 @@ struct DpdkQueue {
     /// Frames made from device mbufs minus frames handed to the device; published to the
     /// pool's accounting when the handle is dropped.
     delta: i64,
+    /// The pool's id and frame size, and the metadata of a received frame, read once.
+    pool_id: PoolId,
+    capacity: u16,
+    meta: Meta,
     polls: u32,
 }
 
@@ -1184,6 +1194,67 @@ impl DpdkQueue {
     }
 }
 
+impl DpdkQueue {
+    /// The careful receive path, for mbufs `from..n` of a burst, the first of which is not a
+    /// plain single-segment mbuf of our mempool or is longer than a frame. They are counted
+    /// as received already, but not their bytes; returns the frames delivered.
+    #[cold]
+    fn rx_mixed(&mut self, from: usize, n: usize, out: &mut Batch) -> usize {
+        let (mut oversize, mut delivered, mut bytes) = (0u64, 0usize, 0u64);
+        for i in from..n {
+            let m = self.mbufs[i];
+            // SAFETY: the device handed over n valid mbufs, now ours; these fields sit in
+            // the mbuf's first cache line.
+            let (buf, head, len, pkt_len, segs, pool, flags) = unsafe {
+                let r = &*m;
+                (
+                    r.buf_addr, r.data_off, r.data_len, r.pkt_len, r.nb_segs, r.pool, r.ol_flags,
+                )
+            };
+            bytes += u64::from(pkt_len);
+            let plain = segs == 1
+                && pool == self.mp
+                && flags & (ffi::RTE_MBUF_F_EXTERNAL | ffi::RTE_MBUF_F_INDIRECT) == 0
+                && buf.cast::<u8>() == m.cast::<u8>().wrapping_add(self.offset);
+            let frame = if plain && len <= self.max_len {
+                self.delta += 1;
+                // SAFETY: a single-segment direct mbuf of our mempool: its buffer is one of
+                // the source's buffers, owned by us now; data_off + data_len lie inside it.
+                Some(unsafe {
+                    Frame::from_source_buffer(
+                        NonNull::new_unchecked(buf.cast()),
+                        self.pool_id,
+                        self.capacity,
+                        head,
+                        len,
+                        self.meta,
+                    )
+                })
+            } else if pkt_len > self.max_len as u32 {
+                // SAFETY: ours to free.
+                unsafe { ffi::_rte_pktmbuf_free(m) };
+                None
+            } else {
+                self.adopt_foreign(m, pkt_len)
+            };
+            match frame {
+                Some(f) => {
+                    // Cannot fail: at most out.remaining() mbufs were received.
+                    let _ = out.try_push(f);
+                    delivered += 1;
+                }
+                None => oversize += 1,
+            }
+        }
+        let c = &self.shared.counters[self.queue as usize];
+        c.rx_bytes.add(bytes);
+        if oversize > 0 {
+            c.drops.add(DropReason::Oversize, oversize);
+        }
+        delivered
+    }
+}
+
 impl Queue for DpdkQueue {
     fn id(&self) -> QueueId {
         self.id
@@ -1207,65 +1278,56 @@ impl Queue for DpdkQueue {
         if n == 0 {
             return 0;
         }
-        let (mut bytes, mut oversize, mut delivered) = (0u64, 0u64, 0usize);
-        for i in 0..n {
-            let m = self.mbufs[i];
-            // SAFETY: the device handed over n valid mbufs, now ours; these fields sit in
-            // the mbuf's first cache line, which the driver just wrote.
-            let (buf, head, len, pkt_len, segs, pool, flags) = unsafe {
-                let r = &*m;
-                (
-                    r.buf_addr, r.data_off, r.data_len, r.pkt_len, r.nb_segs, r.pool, r.ol_flags,
+        // One pass over the burst's mbuf headers (the first cache line of each, which the
+        // driver just wrote): every mbuf that is a plain single-segment mbuf of our mempool
+        // and fits a frame becomes a frame as it is. The test is branch-free but for one
+        // branch per mbuf, never taken in the common burst; the first other mbuf sends the
+        // rest of the burst down the careful path.
+        let (mp, offset, max_len) = (self.mp, self.offset, self.max_len);
+        let (pool, capacity, rx) = (self.pool_id, self.capacity, self.id);
+        let mut bytes = 0u64;
+        let mut plain = 0;
+        for &m in &self.mbufs[..n] {
+            // SAFETY: the device handed over n valid mbufs, now ours.
+            let r = unsafe { &*m };
+            let odd = (u64::from(r.nb_segs) ^ 1)
+                | (r.pool as usize ^ mp as usize) as u64
+                | (r.ol_flags & (ffi::RTE_MBUF_F_EXTERNAL | ffi::RTE_MBUF_F_INDIRECT))
+                | (r.buf_addr as usize ^ (m as usize).wrapping_add(offset)) as u64
+                | u64::from(r.data_len > max_len);
+            if odd != 0 {
+                break;
+            }
+            bytes += u64::from(r.data_len);
+            // SAFETY: checked just above: a single-segment direct mbuf of our mempool whose
+            // buffer sits right behind it, so its buffer is one of the source's buffers,
+            // owned by us now; data_off + data_len lie inside it (data_len <= max_len,
+            // data_off within the headroom the driver keeps).
+            let f = unsafe {
+                Frame::from_source_buffer(
+                    NonNull::new_unchecked(r.buf_addr.cast()),
+                    pool,
+                    capacity,
+                    r.data_off,
+                    r.data_len,
+                    Meta {
+                        rx,
+                        ..Meta::default()
+                    },
                 )
             };
-            bytes += pkt_len as u64;
-            let plain = segs == 1
-                && pool == self.mp
-                && flags & (ffi::RTE_MBUF_F_EXTERNAL | ffi::RTE_MBUF_F_INDIRECT) == 0
-                && buf.cast::<u8>() == m.cast::<u8>().wrapping_add(self.offset);
-            if plain && len <= self.max_len {
-                self.delta += 1;
-                delivered += 1;
-                let meta = crate::Meta {
-                    rx: self.id,
-                    ..Default::default()
-                };
-                // SAFETY: a single-segment direct mbuf of our mempool: its buffer is one of
-                // the source's buffers, owned by us now; data_off + data_len lie inside it.
-                let f = unsafe {
-                    self.pool.frame_from_buffer_meta(
-                        NonNull::new_unchecked(buf.cast()),
-                        head,
-                        len,
-                        meta,
-                    )
-                };
-                // Cannot fail: at most out.remaining() mbufs were received.
-                let _ = out.try_push(f);
-                continue;
-            }
-            let frame = if pkt_len > self.max_len as u32 {
-                // SAFETY: ours to free.
-                unsafe { ffi::_rte_pktmbuf_free(m) };
-                None
-            } else {
-                self.adopt_foreign(m, pkt_len)
-            };
-            match frame {
-                Some(f) => {
-                    let _ = out.try_push(f);
-                    delivered += 1;
-                }
-                None => oversize += 1,
-            }
+            // Cannot fail: at most out.remaining() mbufs were received.
+            let _ = out.try_push(f);
+            plain += 1;
         }
+        self.delta += plain as i64;
         let c = &self.shared.counters[self.queue as usize];
         c.rx_packets.add(n as u64);
         c.rx_bytes.add(bytes);
-        if oversize > 0 {
-            c.drops.add(DropReason::Oversize, oversize);
+        if plain < n {
+            return plain + self.rx_mixed(plain, n, out);
         }
-        delivered
+        n
     }
 
     fn tx_burst(&mut self, frames: &mut Batch) -> usize {
@@ -1274,20 +1336,24 @@ impl Queue for DpdkQueue {
         if n == 0 {
             return 0;
         }
+        let offset = self.offset;
+        let mut bytes = 0u64;
         for (slot, f) in self.mbufs.iter_mut().zip(&frames.as_slice()[..n]) {
             debug_assert_eq!(f.pool(), self.pool.id());
             let m = f
                 .buffer()
                 .as_ptr()
-                .wrapping_sub(self.offset)
+                .wrapping_sub(offset)
                 .cast::<ffi::rte_mbuf>();
+            let len = f.len() as u16;
+            bytes += u64::from(len);
             // SAFETY: frames of this port's pool are buffers of our mempool's mbufs, each
             // right behind its mbuf header; the frame token makes the mbuf ours to write.
             // head + len fit the buffer (Frame invariant), so they fit the u16/u32 fields.
             unsafe {
                 (*m).data_off = f.headroom() as u16;
-                (*m).data_len = f.len() as u16;
-                (*m).pkt_len = f.len() as u32;
+                (*m).data_len = len;
+                (*m).pkt_len = u32::from(len);
             }
             *slot = m;
         }
@@ -1295,9 +1361,13 @@ impl Queue for DpdkQueue {
         let sent = unsafe {
             ffi::_rte_eth_tx_burst(self.port_id, self.queue, self.mbufs.as_mut_ptr(), n as u16)
         } as usize;
-        let mut bytes = 0u64;
+        if sent < n {
+            bytes -= frames.as_slice()[sent..n]
+                .iter()
+                .map(|f| f.len() as u64)
+                .sum::<u64>();
+        }
         for f in frames.drain_front(sent) {
-            bytes += f.len() as u64;
             // The device owns the mbuf now (and frees it to the mempool when done).
             let _ = f.into_buffer();
         }
