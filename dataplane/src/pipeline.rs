@@ -70,11 +70,15 @@ pub enum DropReason {
     /// A handler consumed the packet and has nothing to send back (a memcached request
     /// with `noreply`, a datagram memcached ignores).
     Consumed,
+    /// The port's receive ring was full: the kernel dropped the frame before a worker took
+    /// it (AF_XDP: the socket's RX ring; read from the kernel's socket statistics and
+    /// folded into the port's counters). The worker is behind the offered load.
+    RxRingFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Runt,
         DropReason::Truncated,
         DropReason::BadIhl,
@@ -95,6 +99,7 @@ impl DropReason {
         DropReason::LbNoReal,
         DropReason::LbNoHeadroom,
         DropReason::Consumed,
+        DropReason::RxRingFull,
     ];
     /// Number of reasons (size of counter arrays).
     pub const COUNT: usize = Self::ALL.len();
@@ -122,6 +127,7 @@ impl DropReason {
             DropReason::LbNoReal => "lb_no_real",
             DropReason::LbNoHeadroom => "lb_no_headroom",
             DropReason::Consumed => "consumed",
+            DropReason::RxRingFull => "rx_ring_full",
         }
     }
 

@@ -64,6 +64,9 @@ struct Socket {
     tx_outstanding: u64,
     /// Frames allocated for the fill ring that did not fit yet.
     fill_pending: Vec<FrameDesc>,
+    /// The kernel's drop counters (`XDP_STATISTICS`) as last folded into ours.
+    seen_ring_full: u64,
+    seen_dropped: u64,
 }
 
 struct Shared {
@@ -435,6 +438,8 @@ fn bind(
                             in_kernel: 0,
                             tx_outstanding: 0,
                             fill_pending: Vec::new(),
+                            seen_ring_full: 0,
+                            seen_dropped: 0,
                         },
                         zc,
                     ));
@@ -512,6 +517,7 @@ impl Port for Afxdp {
             cache: Cache::new(self.shared.pool.clone(), burst),
             scratch: vec![FrameDesc::default(); burst.max(64)],
             tx_descs: Vec::with_capacity(burst),
+            polls: 0,
         }))
     }
 
@@ -582,9 +588,37 @@ struct AfxdpQueue {
     cache: Cache,
     scratch: Vec<FrameDesc>,
     tx_descs: Vec<FrameDesc>,
+    polls: u32,
 }
 
+/// Loop turns between two reads of the kernel's socket statistics (a getsockopt(2)).
+const FOLD_INTERVAL: u32 = 4096;
+
 impl AfxdpQueue {
+    /// Folds the frames the kernel dropped before our RX ring (`XDP_STATISTICS`) into the
+    /// queue's counters: received, and dropped as `rx_ring_full` (the ring was full) or
+    /// `no_buffer` (no frame on the fill ring, or another kernel-side drop). So the port's
+    /// counters keep `received == transmitted + dropped + in flight` with the kernel's
+    /// drops included, as the DPDK port does with `imissed`.
+    fn fold_kernel_drops(&mut self) {
+        let Some(s) = self.socket.as_mut() else {
+            return;
+        };
+        let Ok(st) = s.rx.fd().xdp_statistics() else {
+            return;
+        };
+        let full = st.rx_ring_full().saturating_sub(s.seen_ring_full);
+        let dropped = st.rx_dropped().saturating_sub(s.seen_dropped);
+        s.seen_ring_full = st.rx_ring_full();
+        s.seen_dropped = st.rx_dropped();
+        if full + dropped > 0 {
+            let c = &self.shared.counters[self.id.queue as usize];
+            c.rx_packets.add(full + dropped);
+            c.drops.add(crate::DropReason::RxRingFull, full);
+            c.drops.add(crate::DropReason::NoBuffer, dropped);
+        }
+    }
+
     /// Takes completed TX frames back into the cache.
     fn reap(&mut self) {
         let Some(s) = self.socket.as_mut() else {
@@ -736,6 +770,10 @@ impl Queue for AfxdpQueue {
 
     fn poll(&mut self) {
         self.reap();
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(FOLD_INTERVAL) {
+            self.fold_kernel_drops();
+        }
         // In copy mode one sendto(2) moves at most 32 descriptors (the kernel's TX batch),
         // and may stop early when the device is busy: while frames wait on the TX ring and
         // the kernel asks for a kick, kick again, or a request/response flow would stall
@@ -751,6 +789,7 @@ impl Queue for AfxdpQueue {
 impl Drop for AfxdpQueue {
     fn drop(&mut self) {
         self.reap();
+        self.fold_kernel_drops();
         if let Some(s) = self.socket.take() {
             if let Ok(mut sockets) = self.shared.sockets.lock() {
                 sockets[self.id.queue as usize] = Some(s);
