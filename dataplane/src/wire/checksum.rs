@@ -20,19 +20,35 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Ranges after the first must start at an even offset of the checksummed data (an odd-length
 /// range is only allowed last).
 pub fn sum(initial: u32, data: &[u8]) -> u32 {
-    let mut acc = u64::from(initial);
-    let mut words = data.chunks_exact(2);
+    // RFC 1071 section 2: the sum does not depend on byte order, and a 32-bit word is
+    // congruent to the sum of its two halves modulo 0xffff. So add native-order 32-bit
+    // words into a u64 (no carry is lost below 2^32 words; the loop vectorizes), fold to 16
+    // bits, and swap once at the end to get the big-endian sum: 2 bytes per add and a byte
+    // swap per word before made this the largest part of building a 1 KB reply.
+    let mut acc: u64 = 0;
+    let mut words = data.chunks_exact(4);
     for w in &mut words {
-        acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
+        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [last] = words.remainder() {
-        acc += u64::from(*last) << 8;
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        // Zero padding after the last bytes, in memory order (an odd last byte is the high
+        // byte of a big-endian word).
+        let mut last = [0u8; 4];
+        last[..rest.len()].copy_from_slice(rest);
+        acc += u64::from(u32::from_ne_bytes(last));
     }
-    // Fold the 64-bit accumulator into 32 bits, keeping the end-around carries.
-    while acc >> 32 != 0 {
-        acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let mut native = (acc & 0xffff_ffff) + (acc >> 32);
+    while native >> 16 != 0 {
+        native = (native & 0xffff) + (native >> 16);
     }
-    acc as u32
+    let be = u16::from_be_bytes((native as u16).to_ne_bytes());
+    let mut total = u64::from(initial) + u64::from(be);
+    // Fold into 32 bits, keeping the end-around carries.
+    while total >> 32 != 0 {
+        total = (total & 0xffff_ffff) + (total >> 32);
+    }
+    total as u32
 }
 
 /// Folds a partial sum to 16 bits (end-around carry), without complementing it.
@@ -135,6 +151,48 @@ mod tests {
         // RFC 1071 section 3: bytes 00 01 f2 03 f4 f5 f6 f7 sum to ddf2 (folded).
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(0, &d)), 0xddf2);
+    }
+
+    /// The definition, word by word, to check the fast sum against.
+    fn reference(initial: u32, data: &[u8]) -> u32 {
+        let mut acc = u64::from(initial);
+        for w in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        while acc >> 32 != 0 {
+            acc = (acc & 0xffff_ffff) + (acc >> 32);
+        }
+        acc as u32
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_sum_folds_like_the_definition(
+            initial in proptest::prelude::any::<u32>(),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+        ) {
+            proptest::prop_assert_eq!(fold(sum(initial, &data)), fold(reference(initial, &data)));
+        }
+    }
+
+    #[test]
+    fn fast_sum_edge_cases() {
+        for data in [
+            vec![],
+            vec![0xff; 1],
+            vec![0xff; 2],
+            vec![0xff; 3],
+            vec![0xff; 4096],
+            vec![0; 7],
+        ] {
+            for initial in [0, 1, 0xffff, 0xffff_ffff] {
+                assert_eq!(
+                    fold(sum(initial, &data)),
+                    fold(reference(initial, &data)),
+                    "{data:?} {initial}"
+                );
+            }
+        }
     }
 
     #[test]
