@@ -20,25 +20,30 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Ranges after the first must start at an even offset of the checksummed data (an odd-length
 /// range is only allowed last).
 pub fn sum(initial: u32, data: &[u8]) -> u32 {
-    // RFC 1071 section 2: the sum does not depend on byte order, and a 32-bit word is
-    // congruent to the sum of its two halves modulo 0xffff. So add native-order 32-bit
-    // words into a u64 (no carry is lost below 2^32 words; the loop vectorizes), fold to 16
-    // bits, and swap once at the end to get the big-endian sum: 2 bytes per add and a byte
-    // swap per word before made this the largest part of building a 1 KB reply.
-    let mut acc: u64 = 0;
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+    // RFC 1071 section 2: the sum does not depend on byte order, and a word of any multiple
+    // of 16 bits is congruent to the sum of its 16-bit pieces modulo 0xffff. So add
+    // native-order 64-bit words into two u128 accumulators (an add and an add-with-carry
+    // each, two independent chains; no carry is lost below 2^64 words), fold to 16 bits, and
+    // swap once at the end to get the big-endian sum. 2 bytes and a swap per add, as before,
+    // made this the largest part of building a 1 KB reply.
+    let (words, rest) = data.as_chunks::<8>();
+    let (pairs, odd) = words.as_chunks::<2>();
+    let (mut a, mut b) = (0u128, 0u128);
+    for [x, y] in pairs {
+        a += u128::from(u64::from_ne_bytes(*x));
+        b += u128::from(u64::from_ne_bytes(*y));
     }
-    let rest = words.remainder();
+    for x in odd {
+        a += u128::from(u64::from_ne_bytes(*x));
+    }
     if !rest.is_empty() {
         // Zero padding after the last bytes, in memory order (an odd last byte is the high
         // byte of a big-endian word).
-        let mut last = [0u8; 4];
+        let mut last = [0u8; 8];
         last[..rest.len()].copy_from_slice(rest);
-        acc += u64::from(u32::from_ne_bytes(last));
+        b += u128::from(u64::from_ne_bytes(last));
     }
-    let mut native = (acc & 0xffff_ffff) + (acc >> 32);
+    let mut native = a + b;
     while native >> 16 != 0 {
         native = (native & 0xffff) + (native >> 16);
     }
