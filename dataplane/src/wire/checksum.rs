@@ -36,14 +36,48 @@ pub fn sum(initial: u32, data: &[u8]) -> u32 {
     for x in odd {
         a += u128::from(u64::from_ne_bytes(*x));
     }
-    if !rest.is_empty() {
-        // Zero padding after the last bytes, in memory order (an odd last byte is the high
-        // byte of a big-endian word).
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        b += u128::from(u64::from_ne_bytes(last));
+    b += tail_word(rest);
+    combine(initial, a + b)
+}
+
+/// Copies `src` into `dst` (the same length; extra bytes of the longer are left alone) and
+/// returns the sum of the copied bytes as [`sum`] would, in one pass over them: for a reply
+/// whose payload is copied into the frame and then checksummed.
+pub fn copy_and_sum(initial: u32, dst: &mut [u8], src: &[u8]) -> u32 {
+    let n = dst.len().min(src.len());
+    let (dw, drest) = dst[..n].as_chunks_mut::<8>();
+    let (sw, srest) = src[..n].as_chunks::<8>();
+    let (mut a, mut b) = (0u128, 0u128);
+    let mut pairs = dw.chunks_exact_mut(2).zip(sw.chunks_exact(2));
+    for (d, s) in &mut pairs {
+        d[0] = s[0];
+        d[1] = s[1];
+        a += u128::from(u64::from_ne_bytes(s[0]));
+        b += u128::from(u64::from_ne_bytes(s[1]));
     }
-    let mut native = a + b;
+    if dw.len() % 2 == 1 {
+        let i = dw.len() - 1;
+        dw[i] = sw[i];
+        a += u128::from(u64::from_ne_bytes(sw[i]));
+    }
+    drest.copy_from_slice(srest);
+    b += tail_word(srest);
+    combine(initial, a + b)
+}
+
+/// The last 0-7 bytes as a native-order word, zero-padded after them in memory order (an odd
+/// last byte is the high byte of a big-endian 16-bit word).
+#[inline]
+fn tail_word(rest: &[u8]) -> u128 {
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    u128::from(u64::from_ne_bytes(last))
+}
+
+/// Folds a native-order accumulator to 16 bits, turns it big-endian and adds it to the
+/// big-endian partial sum `initial`, folded into 32 bits.
+#[inline]
+fn combine(initial: u32, mut native: u128) -> u32 {
     while native >> 16 != 0 {
         native = (native & 0xffff) + (native >> 16);
     }
@@ -177,6 +211,20 @@ mod tests {
             data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
         ) {
             proptest::prop_assert_eq!(fold(sum(initial, &data)), fold(reference(initial, &data)));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn copy_and_sum_copies_and_sums(
+            initial in proptest::prelude::any::<u32>(),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+        ) {
+            let mut dst = vec![0xa5; data.len() + 3];
+            let s = copy_and_sum(initial, &mut dst[..data.len()], &data);
+            proptest::prop_assert_eq!(&dst[..data.len()], &data[..]);
+            proptest::prop_assert_eq!(&dst[data.len()..], &[0xa5; 3][..]);
+            proptest::prop_assert_eq!(fold(s), fold(reference(initial, &data)));
         }
     }
 
