@@ -22,7 +22,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub fn sum(initial: u32, data: &[u8]) -> u32 {
     // RFC 1071 section 2: the sum does not depend on byte order, and a word of any multiple
     // of 16 bits is congruent to the sum of its 16-bit pieces modulo 0xffff. So add
-    // native-order 64-bit words into two u128 accumulators (an add and an add-with-carry
+    // little-endian 64-bit words into two u128 accumulators (an add and an add-with-carry
     // each, two independent chains; no carry is lost below 2^64 words), fold to 16 bits, and
     // swap once at the end to get the big-endian sum. 2 bytes and a swap per add, as before,
     // made this the largest part of building a 1 KB reply.
@@ -30,11 +30,11 @@ pub fn sum(initial: u32, data: &[u8]) -> u32 {
     let (pairs, odd) = words.as_chunks::<2>();
     let (mut a, mut b) = (0u128, 0u128);
     for [x, y] in pairs {
-        a += u128::from(u64::from_ne_bytes(*x));
-        b += u128::from(u64::from_ne_bytes(*y));
+        a += u128::from(u64::from_le_bytes(*x));
+        b += u128::from(u64::from_le_bytes(*y));
     }
     for x in odd {
-        a += u128::from(u64::from_ne_bytes(*x));
+        a += u128::from(u64::from_le_bytes(*x));
     }
     b += tail_word(rest);
     combine(initial, a + b)
@@ -52,42 +52,56 @@ pub fn copy_and_sum(initial: u32, dst: &mut [u8], src: &[u8]) -> u32 {
     for (d, s) in &mut pairs {
         d[0] = s[0];
         d[1] = s[1];
-        a += u128::from(u64::from_ne_bytes(s[0]));
-        b += u128::from(u64::from_ne_bytes(s[1]));
+        a += u128::from(u64::from_le_bytes(s[0]));
+        b += u128::from(u64::from_le_bytes(s[1]));
     }
     if dw.len() % 2 == 1 {
         let i = dw.len() - 1;
         dw[i] = sw[i];
-        a += u128::from(u64::from_ne_bytes(sw[i]));
+        a += u128::from(u64::from_le_bytes(sw[i]));
     }
     drest.copy_from_slice(srest);
     b += tail_word(srest);
     combine(initial, a + b)
 }
 
-/// The last 0-7 bytes as a native-order word, zero-padded after them in memory order (an odd
-/// last byte is the high byte of a big-endian 16-bit word).
+/// The last 0-7 bytes as a little-endian word, zero-padded after them in memory order (an
+/// odd last byte is the high byte of a big-endian 16-bit word). No copy call: short inputs
+/// (IP headers) are most of the calls.
 #[inline]
 fn tail_word(rest: &[u8]) -> u128 {
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    u128::from(u64::from_ne_bytes(last))
+    let (mut w, mut rest, mut shift) = (0u64, rest, 0);
+    if let Some((four, r)) = rest.split_first_chunk::<4>() {
+        w = u64::from(u32::from_le_bytes(*four));
+        (rest, shift) = (r, 32);
+    }
+    if let Some((two, r)) = rest.split_first_chunk::<2>() {
+        w |= u64::from(u16::from_le_bytes(*two)) << shift;
+        (rest, shift) = (r, shift + 16);
+    }
+    if let Some(&b) = rest.first() {
+        w |= u64::from(b) << shift;
+    }
+    u128::from(w)
 }
 
-/// Folds a native-order accumulator to 16 bits, turns it big-endian and adds it to the
+/// Folds a sum of little-endian words to 16 bits, turns it big-endian and adds it to the
 /// big-endian partial sum `initial`, folded into 32 bits.
 #[inline]
-fn combine(initial: u32, mut native: u128) -> u32 {
-    while native >> 16 != 0 {
-        native = (native & 0xffff) + (native >> 16);
-    }
-    let be = u16::from_be_bytes((native as u16).to_ne_bytes());
-    let mut total = u64::from(initial) + u64::from(be);
-    // Fold into 32 bits, keeping the end-around carries.
-    while total >> 32 != 0 {
-        total = (total & 0xffff_ffff) + (total >> 32);
-    }
-    total as u32
+fn combine(initial: u32, acc: u128) -> u32 {
+    // 2^64, 2^32 and 2^16 are all 1 modulo 0xffff: fold the halves together (end-around
+    // carry) down to 16 bits.
+    let (s, carry) = (acc as u64).overflowing_add((acc >> 64) as u64);
+    let s = s + u64::from(carry); // no overflow: after a carry, s <= 2^64 - 2
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let be = (s as u16).swap_bytes();
+    let total = u64::from(initial) + u64::from(be);
+    let total = (total & 0xffff_ffff) + (total >> 32);
+    ((total & 0xffff_ffff) + (total >> 32)) as u32
 }
 
 /// Folds a partial sum to 16 bits (end-around carry), without complementing it.
