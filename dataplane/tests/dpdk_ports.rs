@@ -86,7 +86,9 @@ impl Handler for Reflect {
     }
 }
 
-fn run_null_pair(handler: Box<dyn Handler>, names: [&str; 2]) -> (Arc<Dpdk>, Arc<Dpdk>) {
+/// Runs `handler` over two null devices for a while; returns the ports and the frames the
+/// worker copied.
+fn run_null_pair(handler: Box<dyn Handler>, names: [&str; 2]) -> (Arc<Dpdk>, Arc<Dpdk>, u64) {
     let p0 = dpdk(0, names[0]);
     let p1 = dpdk(1, names[1]);
     assert_eq!(p0.kind(), "dpdk");
@@ -120,13 +122,18 @@ fn run_null_pair(handler: Box<dyn Handler>, names: [&str; 2]) -> (Arc<Dpdk>, Arc
         assert!(p.stats.rx_packets > 1000, "{p:?}");
         assert_eq!(p.stats.drops.total(), 0, "{p:?}");
     }
-    (p0, p1)
+    let copies = report.worker_totals().copies;
+    (p0, p1, copies)
 }
 
 #[test]
 fn io_forwarding_between_null_devices_is_zero_copy_and_accounts_for_every_mbuf() {
-    let (p0, _p1) = run_null_pair(Box::new(Cross), ["net_null_io0", "net_null_io1"]);
+    let (p0, p1, copies) = run_null_pair(Box::new(Cross), ["net_null_io0", "net_null_io1"]);
     assert!(p0.eth_stats().is_none(), "closed by stop");
+    // p0 -> p1 and back: two pools over one mempool, so frames change pools without a copy
+    // (`FramePool::shares_memory`), and both pools' accounting still holds at close.
+    assert!(Arc::ptr_eq(p0.mempool(), p1.mempool()));
+    assert_eq!(copies, 0, "no copy between ports over one mempool");
     // After stop both ports are closed and every frame came back (Port::close checks it,
     // and, when the last port on the mempool closes, that every mbuf is back in it; other
     // tests of this binary share the mempool, so that part is not asserted here).
@@ -135,9 +142,10 @@ fn io_forwarding_between_null_devices_is_zero_copy_and_accounts_for_every_mbuf()
 
 #[test]
 fn reflecting_on_null_devices_needs_no_copy() {
-    let (p0, p1) = run_null_pair(Box::new(Reflect), ["net_null_rf0", "net_null_rf1"]);
+    let (p0, p1, copies) = run_null_pair(Box::new(Reflect), ["net_null_rf0", "net_null_rf1"]);
     // Same mempool for both ports (one per socket).
     assert!(Arc::ptr_eq(p0.mempool(), p1.mempool()));
+    assert_eq!(copies, 0);
 }
 
 #[test]
