@@ -750,52 +750,9 @@ impl Worker {
         };
         let dst_pool = q.port.0 as usize;
         let f = if f.pool().0 as usize != dst_pool {
-            let src = f.pool().0 as usize;
-            // Both pools front the same memory (two DPDK ports on one mempool): the frame
-            // changes hands, no copy.
-            let adopted = match pair_mut(&mut self.caches, dst_pool, src) {
-                Some((dst, from)) => dst.adopt(f, from),
-                None => Err(f),
-            };
-            let f = match adopted {
-                Ok(g) => {
-                    if s.tx[qi].is_full() {
-                        self.flush_tx(qi, s);
-                    }
-                    push_tx(s, qi, g);
-                    return;
-                }
-                Err(f) => f,
-            };
-            let Some(cache) = self.caches.get_mut(dst_pool) else {
-                c.drops.add(DropReason::NoRoute, 1);
-                self.caches[f.pool().0 as usize].free(f);
-                return;
-            };
-            let copied = match cache.alloc() {
-                Some(mut g) => {
-                    if g.try_fill(f.data()) {
-                        g.meta = f.meta;
-                        Some(g)
-                    } else {
-                        // Destination frames are smaller than the packet.
-                        cache.free(g);
-                        None
-                    }
-                }
-                None => None,
-            };
-            let src = f.pool().0 as usize;
-            self.caches[src].free(f);
-            match copied {
-                Some(g) => {
-                    c.copies.add(1);
-                    g
-                }
-                None => {
-                    c.drops.add(DropReason::NoBuffer, 1);
-                    return;
-                }
+            match self.move_to_pool(f, dst_pool) {
+                Some(g) => g,
+                None => return,
             }
         } else {
             f
@@ -804,6 +761,50 @@ impl Worker {
             self.flush_tx(qi, s);
         }
         push_tx(s, qi, f);
+    }
+
+    /// Makes `f` a frame of pool `dst` for transmission there: handed over when both pools
+    /// front the same memory (two DPDK ports on one mempool: no copy), copied otherwise.
+    /// `None` when it could not be (counted as a drop, the frame freed).
+    fn move_to_pool(&mut self, f: Frame, dst: usize) -> Option<Frame> {
+        let c = &self.shared.counters;
+        let src = f.pool().0 as usize;
+        let f = match pair_mut(&mut self.caches, dst, src) {
+            Some((to, from)) => match to.adopt(f, from) {
+                Ok(g) => return Some(g),
+                Err(f) => f,
+            },
+            None => f,
+        };
+        let Some(cache) = self.caches.get_mut(dst) else {
+            c.drops.add(DropReason::NoRoute, 1);
+            self.caches[src].free(f);
+            return None;
+        };
+        let copied = match cache.alloc() {
+            Some(mut g) => {
+                if g.try_fill(f.data()) {
+                    g.meta = f.meta;
+                    Some(g)
+                } else {
+                    // Destination frames are smaller than the packet.
+                    cache.free(g);
+                    None
+                }
+            }
+            None => None,
+        };
+        self.caches[src].free(f);
+        match copied {
+            Some(g) => {
+                c.copies.add(1);
+                Some(g)
+            }
+            None => {
+                c.drops.add(DropReason::NoBuffer, 1);
+                None
+            }
+        }
     }
 
     fn flush_tx(&mut self, qi: usize, s: &mut Sinks) {
