@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane::config::{DpdkConfig, DpdkPortConfig, EngineConfig, Idle};
-use dataplane::engine::{Engine, WorkerPlan};
+use dataplane::engine::{Engine, Report, WorkerPlan};
 use dataplane::port::dpdk::Dpdk;
 use dataplane::port::memory::{MemoryOptions, Sink, Source};
 use dataplane::port::{Memory, Port, PortError};
@@ -148,11 +148,9 @@ fn reflecting_on_null_devices_needs_no_copy() {
     assert_eq!(copies, 0);
 }
 
-#[test]
-fn zero_copy_rx_to_tx_moves_no_bytes() {
-    // A reflected frame is the received mbuf itself: the worker made no copy.
-    let p0 = dpdk(0, "net_null_zc0");
-    let ports: Vec<Arc<dyn Port>> = vec![p0.clone()];
+/// Runs one port alone for `time`, every frame reflected, and stops.
+fn reflect_alone(p0: Arc<Dpdk>, time: Duration) -> Report {
+    let ports: Vec<Arc<dyn Port>> = vec![p0];
     let mut engine = Engine::from_parts(
         &engine_cfg(),
         ports,
@@ -161,8 +159,15 @@ fn zero_copy_rx_to_tx_moves_no_bytes() {
     )
     .unwrap();
     engine.start().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let report = engine.stop().unwrap();
+    std::thread::sleep(time);
+    engine.stop().unwrap()
+}
+
+#[test]
+fn zero_copy_rx_to_tx_moves_no_bytes() {
+    // A reflected frame is the received mbuf itself: the worker made no copy.
+    let p0 = dpdk(0, "net_null_zc0");
+    let report = reflect_alone(p0, Duration::from_millis(100));
     let w = report.worker_totals();
     assert!(w.tx_packets > 0);
     assert_eq!(w.copies, 0);
@@ -302,17 +307,7 @@ fn oversize_frames_are_dropped_at_the_port() {
     // net_null's frames are `size` bytes: 1900 does not fit a 2048-byte frame after the
     // 256-byte headroom, so every one is received and dropped as `oversize`.
     let p0 = dpdk(0, "net_null_big0,size=1900");
-    let ports: Vec<Arc<dyn Port>> = vec![p0.clone()];
-    let mut engine = Engine::from_parts(
-        &engine_cfg(),
-        ports,
-        vec![plan(&[QueueId::new(0, 0)])],
-        vec![Pipeline::new(vec![Box::new(Reflect)])],
-    )
-    .unwrap();
-    engine.start().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let report = engine.stop().unwrap();
+    let report = reflect_alone(p0, Duration::from_millis(50));
     let s = &report.ports[0].stats;
     assert!(s.rx_packets > 0);
     assert_eq!(s.drops.get(DropReason::Oversize), s.rx_packets);
