@@ -80,13 +80,18 @@ pub fn payload_len(size: usize) -> anyhow::Result<usize> {
 
 /// Builds the request frame (`size - 4` bytes), payload zero-filled, UDP checksum 0.
 pub fn udp_request(spec: &Spec) -> anyhow::Result<Vec<u8>> {
-    let payload = vec![0u8; payload_len(spec.size)?];
+    udp_with_payload(spec, &vec![0u8; payload_len(spec.size)?])
+}
+
+/// Builds a frame carrying `payload` (`spec.size` is not used), UDP checksum 0 ("none"), so
+/// that the generator may rewrite ports and payload without updating it.
+pub fn udp_with_payload(spec: &Spec, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
     let builder = etherparse::PacketBuilder::ethernet2(spec.src_mac.0, spec.dst_mac.0)
         .ipv4(spec.src_ip.octets(), spec.dst_ip.octets(), 64)
         .udp(spec.src_port, spec.dst_port);
     let mut frame = Vec::with_capacity(builder.size(payload.len()));
     builder
-        .write(&mut frame, &payload)
+        .write(&mut frame, payload)
         .context("building the UDP request frame")?;
     frame[UDP_CSUM..UDP_CSUM + 2].copy_from_slice(&[0, 0]);
     Ok(frame)

@@ -120,18 +120,16 @@ fn kv_template(args: &Args, value: usize) -> anyhow::Result<(Vec<u8>, KvShape)> 
     set.extend_from_slice(b"\r\n");
     let mut get = header.to_vec();
     get.extend_from_slice(format!("get {key}\r\n").as_bytes());
-    let build = |payload: &[u8]| -> anyhow::Result<Vec<u8>> {
-        let builder = etherparse::PacketBuilder::ethernet2(args.src_mac.0, args.dst_mac.0)
-            .ipv4(args.src_ip.octets(), args.dst_ip.octets(), 64)
-            .udp(args.src_port, args.dst_port);
-        let mut frame = Vec::with_capacity(builder.size(payload.len()));
-        builder
-            .write(&mut frame, payload)
-            .context("building the memcached request frame")?;
-        // UDP checksum 0 ("none"): the program rewrites ports, keys and lengths.
-        frame[40..42].copy_from_slice(&[0, 0]);
-        Ok(frame)
+    let spec = frame::Spec {
+        src_mac: args.src_mac,
+        dst_mac: args.dst_mac,
+        src_ip: args.src_ip,
+        dst_ip: args.dst_ip,
+        src_port: args.src_port,
+        dst_port: args.dst_port,
+        size: 0,
     };
+    let build = |payload: &[u8]| frame::udp_with_payload(&spec, payload);
     let set = build(&set)?;
     let get = build(&get)?;
     debug_assert_eq!(&set[NB_KV_CMD_OFF..NB_KV_CMD_OFF + 4], b"set ");
