@@ -156,6 +156,39 @@ impl Hop<'_> {
     }
 }
 
+/// Room for the longest `VALUE` line: a 250-byte key, 32-bit flags, 64-bit length and cas.
+pub const VALUE_LINE_MAX: usize = 320;
+
+/// The line in front of a get hit's data, `VALUE <key> <flags> <bytes>[ <cas unique>]\r\n`,
+/// written at the start of `buf`; returns its length. `key` is at most
+/// [`proto::KEY_MAX`] bytes (longer keys are refused before any lookup).
+pub fn value_line(
+    buf: &mut [u8; VALUE_LINE_MAX],
+    key: &[u8],
+    f: &store::Found,
+    cas: bool,
+) -> usize {
+    let mut n = 0;
+    let mut put = |b: &[u8]| {
+        let end = (n + b.len()).min(VALUE_LINE_MAX);
+        buf[n..end].copy_from_slice(&b[..end - n]);
+        n = end;
+    };
+    let mut d = [0u8; 20];
+    put(b"VALUE ");
+    put(key);
+    put(b" ");
+    put(proto::itoa(u64::from(f.flags), &mut d));
+    put(b" ");
+    put(proto::itoa(f.vlen as u64, &mut d));
+    if cas {
+        put(b" ");
+        put(proto::itoa(f.cas, &mut d));
+    }
+    put(b"\r\n");
+    n
+}
+
 fn is_error(line: &str) -> bool {
     ["ERROR", "CLIENT_ERROR", "SERVER_ERROR", "MEMLIMIT_"]
         .iter()
@@ -239,17 +272,11 @@ pub fn run(hop: &mut Hop<'_>, payload: &[u8], start: usize, out: &mut Out) -> Ne
                             if touch.is_some() {
                                 c.touch_hits.inc();
                             }
-                            ok &= out.push(b"VALUE ")
-                                && out.push(k)
-                                && out.push(b" ")
-                                && out.push_u64(u64::from(f.flags))
-                                && out.push(b" ")
-                                && out.push_u64(f.vlen as u64);
-                            if cas {
-                                ok &= out.push(b" ") && out.push_u64(f.cas);
-                            }
-                            ok &=
-                                out.push(b"\r\n") && out.push(part.value(&f)) && out.push(b"\r\n");
+                            let mut line = [0; VALUE_LINE_MAX];
+                            let n = value_line(&mut line, k, &f, cas);
+                            ok &= out.push(&line[..n])
+                                && out.push(part.value(&f))
+                                && out.push(b"\r\n");
                         }
                         None => {
                             c.misses.inc();

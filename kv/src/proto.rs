@@ -91,12 +91,12 @@ pub struct Line<'a> {
 /// The line starting at `pos`, or `None` when no `\n` follows (an incomplete command).
 pub fn line_at(buf: &[u8], pos: usize) -> Option<Line<'_>> {
     let rest = buf.get(pos..)?;
-    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let nl = memchr::memchr(b'\n', rest)?;
     let mut text = &rest[..nl];
     if text.len() > 1 && text[text.len() - 1] == b'\r' {
         text = &text[..text.len() - 1];
     }
-    if let Some(nul) = text.iter().position(|&b| b == 0) {
+    if let Some(nul) = memchr::memchr(0, text) {
         text = &text[..nul];
     }
     Some(Line {
@@ -119,7 +119,7 @@ impl<'a> Tokens<'a> {
             toks: [&[]; MAX_TOKENS - 1],
             n: 0,
         };
-        for tok in text.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
+        for tok in words(text) {
             if t.n == MAX_TOKENS - 1 {
                 break;
             }
@@ -156,7 +156,24 @@ impl<'a> Tokens<'a> {
 
 /// The space-separated tokens of `text` after the first one (the keys of a get).
 pub fn keys(text: &[u8]) -> impl Iterator<Item = &[u8]> {
-    text.split(|&b| b == b' ').filter(|t| !t.is_empty()).skip(1)
+    words(text).skip(1)
+}
+
+/// The non-empty runs of `text` between spaces (memcached's tokenizer splits on spaces
+/// only).
+fn words(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = text;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let word = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or(&[]);
+        if !word.is_empty() {
+            return Some(word);
+        }
+    })
 }
 
 fn c_isspace(b: u8) -> bool {

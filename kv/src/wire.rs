@@ -59,10 +59,11 @@ pub fn first_key<'a>(frame: &'a [u8], layout: &Layout, port: u16) -> Option<&'a 
     } else {
         cmd.strip_prefix(b"set ")?
     };
-    let end = rest
-        .iter()
-        .take(crate::proto::KEY_MAX + 1)
-        .position(|&b| b == b' ' || b == b'\r')?;
+    let end = memchr::memchr2(
+        b' ',
+        b'\r',
+        &rest[..rest.len().min(crate::proto::KEY_MAX + 1)],
+    )?;
     (end > 0).then(|| &rest[..end])
 }
 
@@ -267,11 +268,25 @@ impl Template {
     /// Writes one datagram (headers, memcached frame header, `chunk`) at the start of
     /// `out`; returns its length, or `None` when `out` is too short.
     pub fn write(&self, out: &mut [u8], h: &FrameHeader, chunk: &[u8]) -> Option<usize> {
-        let total = self.len + HEADER_LEN + chunk.len();
+        let at = self.len + HEADER_LEN;
+        out.get_mut(at..at + chunk.len())?.copy_from_slice(chunk);
+        self.write_around(out, h, chunk.len())
+    }
+
+    /// Writes the headers of a datagram whose `payload_len` bytes of payload are already in
+    /// place (at [`Template::payload_offset`] of `out`), checksums included; returns the
+    /// datagram's length, or `None` when `out` is too short.
+    pub fn write_around(
+        &self,
+        out: &mut [u8],
+        h: &FrameHeader,
+        payload_len: usize,
+    ) -> Option<usize> {
+        let total = self.len + HEADER_LEN + payload_len;
         let out = out.get_mut(..total)?;
         out[..self.len].copy_from_slice(&self.hdr[..self.len]);
         h.write(&mut out[self.len..]);
-        let udp_len = (HEADER_LEN + chunk.len() + UDP) as u16;
+        let udp_len = (HEADER_LEN + payload_len + UDP) as u16;
         let l3 = self.l3;
         if self.v6 {
             out[l3 + 4..l3 + 6].copy_from_slice(&udp_len.to_be_bytes());
@@ -285,17 +300,19 @@ impl Template {
         let u = self.len - UDP;
         out[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
         out[u + 6..u + 8].copy_from_slice(&[0, 0]);
-        // UDP and memcached headers, then the payload copied and summed in one pass (it
-        // starts 16 bytes in: an even offset, so the partial sums add).
-        let (head, payload) = out[u..].split_at_mut(UDP + HEADER_LEN);
-        let s = checksum::sum(self.pseudo + u32::from(udp_len), head);
-        let s = checksum::copy_and_sum(s, payload, chunk);
+        // UDP header, memcached header and payload in one pass: they are contiguous.
+        let s = checksum::sum(self.pseudo + u32::from(udp_len), &out[u..]);
         let c = match checksum::finish(s) {
             0 => 0xffff,
             c => c,
         };
         out[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
         Some(total)
+    }
+
+    /// Where a datagram's payload starts (after the headers and the memcached header).
+    pub fn payload_offset(&self) -> usize {
+        self.len + HEADER_LEN
     }
 }
 

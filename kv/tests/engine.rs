@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{datagram, kv_table, messages, show, Rig};
+use std::collections::BTreeMap;
+
+use common::{datagram, kv_table, messages, show, Reply, Rig};
 
 fn set(key: &str, value: &[u8]) -> Vec<u8> {
     let mut r = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
@@ -315,4 +317,73 @@ fn fragmented_requests_are_reassembled_on_the_owner() {
         r.drops().total(),
         r.drops().get(dataplane::DropReason::Consumed)
     );
+}
+
+/// A datagram that is exactly `get <key>\r\n` takes the handler's fast path (the answer
+/// written straight over the request); the same get spelled so that the fast path declines
+/// it (a trailing space) takes the general one. Both must give the same datagrams and move
+/// the same counters: hits and misses, values from empty to larger than one datagram (the
+/// fast path hands those back), a key owned by the other core.
+#[test]
+fn single_gets_answer_the_same_on_the_fast_and_the_general_path() {
+    let mut rig = Rig::new(2, &kv_table("memory_mb = 8\nworkers = [0, 1]"));
+    let value = |n: usize| -> Vec<u8> { (0..n).map(|i| b'a' + (i % 26) as u8).collect() };
+    let sizes = [0usize, 1, 100, 1000, 1364, 1365, 1366, 1370];
+    let mut keys: Vec<String> = sizes.iter().map(|n| format!("k{n}")).collect();
+    for (k, n) in keys.iter().zip(sizes) {
+        assert_eq!(rig.ask(&set(k, &value(n))), b"STORED\r\n");
+    }
+    // Longer than a frame holds: grown by appends.
+    assert_eq!(rig.ask(&set("big", &value(1300))), b"STORED\r\n");
+    for _ in 0..2 {
+        let append = [b"append big 0 0 1300\r\n".as_slice(), &value(1300), b"\r\n"].concat();
+        assert_eq!(rig.ask(&append), b"STORED\r\n");
+    }
+    keys.push("big".into());
+    let counters = |rig: &Rig| -> BTreeMap<String, u64> {
+        let mut sum = BTreeMap::new();
+        for w in rig.kv_stats().values() {
+            for (name, v) in w {
+                if [
+                    "cmd_get",
+                    "hits",
+                    "misses",
+                    "requests",
+                    "datagrams",
+                    "forwarded",
+                ]
+                .contains(&name.as_str())
+                {
+                    *sum.entry(name.clone()).or_insert(0) += v;
+                }
+            }
+        }
+        sum
+    };
+    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
+        b.iter().map(|(k, v)| (k.clone(), v - a[k])).collect()
+    };
+    let strip = |r: Vec<Reply>| -> Vec<(u16, u16, u16, u16, Vec<u8>)> {
+        r.into_iter()
+            .map(|r| (r.id, r.seq, r.count, r.reserved, r.payload))
+            .collect()
+    };
+    for k in keys
+        .iter()
+        .map(String::as_str)
+        .chain(["missing", "also-missing"])
+    {
+        for queue in [0, 1] {
+            let c0 = counters(&rig);
+            let fast = strip(rig.exchange(queue, 9, format!("get {k}\r\n").as_bytes()));
+            let c1 = counters(&rig);
+            let general = strip(rig.exchange(queue, 9, format!("get {k} \r\n").as_bytes()));
+            let c2 = counters(&rig);
+            assert_eq!(fast, general, "get {k} on queue {queue}");
+            assert_eq!(delta(&c0, &c1), delta(&c1, &c2), "counters of get {k}");
+            assert!(!fast.is_empty());
+        }
+    }
+    let r = rig.stop();
+    assert_eq!(r.drops().total(), 0);
 }
