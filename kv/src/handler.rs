@@ -8,6 +8,9 @@
 //! - a bad UDP checksum: dropped (`bad_checksum`);
 //! - 8 bytes or less: consumed without an answer (memcached ignores such datagrams);
 //! - a datagram count other than 1: `SERVER_ERROR multi-packet request not supported`;
+//! - exactly one `get <key>\r\n` of this core's partition whose answer fits one datagram
+//!   (most traffic): answered in place by `Burst::quick_get`, with the bytes and counters of
+//!   the general path below;
 //! - otherwise its commands run here as far as this core owns their keys (`exec`); the
 //!   answer so far is sent, and the datagram is forwarded (`Verdict::Forward`) to the
 //!   owner of the next key, which goes on where this core stopped. The resume offset
@@ -204,8 +207,8 @@ impl Burst<'_> {
     /// `get <key>\r\n` for a key of this core's partition, whose answer fits one datagram.
     /// The answer is written straight over the request (the value copied once, from the
     /// log into the frame) with the bytes and counters the general path (`exec::run`, then
-    /// `answer`) gives it. Returns false, having answered and counted nothing, for anything
-    /// else; a lookup it made then is simply made again.
+    /// `answer`) gives it, and returns the frame's verdict. Returns `None`, having answered
+    /// and counted nothing, for anything else; a lookup it made then is simply made again.
     fn quick_get(
         &self,
         mine: usize,
@@ -214,17 +217,14 @@ impl Burst<'_> {
         payload: std::ops::Range<usize>,
         request_id: u16,
         tpl: &Template,
-    ) -> bool {
+    ) -> Option<Verdict> {
         let c = self.c;
         let kstart = payload.start + b"get ".len();
-        let Some(key) = f
+        let key = f
             .data()
-            .get(payload)
-            .and_then(|p| p.strip_prefix(b"get "))
-            .and_then(|p| p.strip_suffix(b"\r\n"))
-        else {
-            return false;
-        };
+            .get(payload)?
+            .strip_prefix(b"get ")?
+            .strip_suffix(b"\r\n")?;
         // What the general path would read differently: no key, a refused key, several
         // keys or lines, a NUL (the line ends there).
         if key.is_empty()
@@ -232,11 +232,11 @@ impl Burst<'_> {
             || memchr::memchr3(b' ', b'\r', b'\n', key).is_some()
             || memchr::memchr(0, key).is_some()
         {
-            return false;
+            return None;
         }
         let h = store::hash(key);
         if store::partition_of(h, self.store.partitions()) != mine {
-            return false;
+            return None;
         }
         // The answer overwrites the request: keep the key.
         let mut kbuf = [0u8; proto::KEY_MAX];
@@ -255,7 +255,7 @@ impl Burst<'_> {
         let room = f.capacity().saturating_sub(usize::from(HEADROOM));
         let chunk = MAX_CHUNK.min(room.saturating_sub(tpl.payload_offset()));
         if len > chunk || !f.try_set_len(tpl.payload_offset() + len) {
-            return false;
+            return None;
         }
         let d = &mut f.data_mut()[tpl.payload_offset()..];
         let mut at = 0;
@@ -281,12 +281,13 @@ impl Burst<'_> {
         };
         c.requests.inc();
         if tpl.write_around(f.data_mut(), &h, len).is_none() {
-            // Cannot happen: the length was set above. Counted as the general path would.
+            // Cannot happen (the length was set above); the request is spent, so it is
+            // counted as the general path counts an answer it could not write.
             c.out_of_frames.inc();
-            return false;
+            return Some(Verdict::Drop(DropReason::Consumed));
         }
         c.datagrams.inc();
-        true
+        Some(Verdict::Tx(f.meta.rx))
     }
 
     fn run(
@@ -332,8 +333,10 @@ impl Burst<'_> {
             if hdr.count == 1 && hdr.reserved & RESUME == 0 {
                 if let Some((mine, p)) = part.as_mut() {
                     let payload = range.start + HEADER_LEN..range.end;
-                    if self.quick_get(*mine, p, f, payload, hdr.request_id, &tpl) {
-                        *v = Verdict::Tx(f.meta.rx);
+                    if let Some(verdict) =
+                        self.quick_get(*mine, p, f, payload, hdr.request_id, &tpl)
+                    {
+                        *v = verdict;
                         continue;
                     }
                 }
