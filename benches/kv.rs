@@ -11,29 +11,19 @@
 //!
 //! Each sample runs `PACKETS` requests; every request gets exactly one answer (asserted).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use dataplane::config::EngineConfig;
-use dataplane::engine::{Engine, WorkerPlan};
 use dataplane::handlers::{Spec, UdpEchoSpec};
-use dataplane::port::memory::{MemoryOptions, Sink, Source};
-use dataplane::port::{Memory, Port};
 use dataplane::wire::build::{self, Endpoints4};
-use dataplane::{CoreId, Pipeline, PortId, QueueId};
+
+mod common;
+
+use common::run_engine;
 
 const PACKETS: u64 = 1_000_000;
 const KEYS: usize = 4096;
-
-fn worker_core() -> u32 {
-    dataplane::topology::allowed_cores()
-        .iter()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-}
 
 /// Request frames, one per key and ten per cycle: every tenth a set, the others gets.
 fn requests(value: usize) -> Vec<Vec<u8>> {
@@ -75,40 +65,6 @@ fn kv_spec() -> Spec {
         .remove(0)
 }
 
-fn run(spec: &Spec, templates: &[Vec<u8>]) -> Duration {
-    let p = Memory::new(
-        PortId(0),
-        MemoryOptions {
-            queues: 1,
-            frames: 4096,
-            frame_size: 2048,
-            memory: dataplane::mem::Options::default(),
-            source: Source::Generate {
-                templates: templates.to_vec(),
-                limit: Some(PACKETS),
-            },
-            sink: Sink::Discard,
-            ring_size: 4096,
-        },
-    )
-    .expect("memory port");
-    let engine = Engine::from_parts(
-        &EngineConfig::default(),
-        vec![p as Arc<dyn Port>],
-        vec![WorkerPlan {
-            core: Some(CoreId(worker_core())),
-            queues: vec![QueueId::new(0, 0)],
-        }],
-        vec![Pipeline::new(vec![spec.build()])],
-    )
-    .expect("engine");
-    let start = Instant::now();
-    let report = engine.run_to_end(Duration::from_secs(60)).expect("run");
-    let took = start.elapsed();
-    assert_eq!(report.transmitted(), PACKETS, "one answer per request");
-    took
-}
-
 fn kv(c: &mut Criterion) {
     let mut g = c.benchmark_group("kv");
     g.throughput(Throughput::Elements(PACKETS));
@@ -121,10 +77,18 @@ fn kv(c: &mut Criterion) {
     for value in [100, 1000] {
         let t = requests(value);
         g.bench_function(format!("get90-{value}B"), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| run(&kv, &t)).sum())
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run_engine(&t, kv.build(), PACKETS))
+                    .sum()
+            })
         });
         g.bench_function(format!("udp-echo-{value}B"), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| run(&echo, &t)).sum())
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run_engine(&t, echo.build(), PACKETS))
+                    .sum()
+            })
         });
     }
     g.finish();

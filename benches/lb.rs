@@ -12,32 +12,23 @@
 //! Each sample runs `PACKETS` packets through.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use dataplane::config::EngineConfig;
-use dataplane::engine::{Engine, WorkerPlan};
 use dataplane::handlers::lb::{LbSpec, Proto, RealSpec, VipSpec};
 use dataplane::handlers::{MacswapSpec, Spec};
 use dataplane::mem::{FramePool, Options, PoolId};
-use dataplane::port::memory::{MemoryOptions, Sink, Source};
-use dataplane::port::{Memory, Port};
 use dataplane::wire::build::{self, Endpoints4};
 use dataplane::wire::MacAddr;
-use dataplane::{Context, CoreId, Handler, Pipeline, PortId, QueueId, Verdict, WorkerId};
+use dataplane::{Context, Handler, Verdict, WorkerId};
+
+mod common;
+
+use common::run_engine;
 
 const PACKETS: u64 = 2_000_000;
 const FLOWS: usize = 1_000_000;
-
-fn worker_core() -> u32 {
-    dataplane::topology::allowed_cores()
-        .iter()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-}
 
 /// 1M distinct flows, 64-byte frames, to 198.18.1.1:80/udp.
 fn templates() -> Vec<Vec<u8>> {
@@ -125,40 +116,6 @@ fn warm(h: &mut dyn Handler, templates: &[Vec<u8>]) {
     }
 }
 
-fn run_engine(templates: &[Vec<u8>], handler: Box<dyn Handler>) -> Duration {
-    let p = Memory::new(
-        PortId(0),
-        MemoryOptions {
-            queues: 1,
-            frames: 4096,
-            frame_size: 2048,
-            memory: dataplane::mem::Options::default(),
-            source: Source::Generate {
-                templates: templates.to_vec(),
-                limit: Some(PACKETS),
-            },
-            sink: Sink::Discard,
-            ring_size: 4096,
-        },
-    )
-    .expect("memory port");
-    let engine = Engine::from_parts(
-        &EngineConfig::default(),
-        vec![p as Arc<dyn Port>],
-        vec![WorkerPlan {
-            core: Some(CoreId(worker_core())),
-            queues: vec![QueueId::new(0, 0)],
-        }],
-        vec![Pipeline::new(vec![handler])],
-    )
-    .expect("engine");
-    let start = Instant::now();
-    let report = engine.run_to_end(Duration::from_secs(120)).expect("run");
-    let took = start.elapsed();
-    assert_eq!(report.transmitted(), PACKETS, "every packet forwarded");
-    took
-}
-
 fn lb(c: &mut Criterion) {
     let t = templates();
     let mut g = c.benchmark_group("lb");
@@ -171,7 +128,11 @@ fn lb(c: &mut Criterion) {
     let hit = lb_spec(1 << 21);
     let miss = lb_spec(4096);
     g.bench_function("engine-macswap", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_engine(&t, macswap.build())).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_engine(&t, macswap.build(), PACKETS))
+                .sum()
+        })
     });
     g.bench_function("engine-lb-hit", |b| {
         b.iter_custom(|iters| {
@@ -179,13 +140,17 @@ fn lb(c: &mut Criterion) {
                 .map(|_| {
                     let mut h = hit.build();
                     warm(h.as_mut(), &t);
-                    run_engine(&t, h)
+                    run_engine(&t, h, PACKETS)
                 })
                 .sum()
         })
     });
     g.bench_function("engine-lb-miss", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_engine(&t, miss.build())).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_engine(&t, miss.build(), PACKETS))
+                .sum()
+        })
     });
     g.finish();
 }
