@@ -8,71 +8,32 @@
 //!
 //! Each sample runs `PACKETS` packets through; the ratio engine/bare is the engine's cost.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use dataplane::config::EngineConfig;
-use dataplane::engine::{Engine, WorkerPlan};
 use dataplane::handlers::{MacswapSpec, Spec, UdpEchoSpec};
-use dataplane::port::memory::{MemoryOptions, Sink, Source};
-use dataplane::port::{Memory, Port};
-use dataplane::{Batch, CoreId, Pipeline, PortId, QueueId};
+use dataplane::port::Port;
+use dataplane::Batch;
+
+mod common;
 
 const PACKETS: u64 = 2_000_000;
 
-fn worker_core() -> u32 {
-    dataplane::topology::allowed_cores()
-        .iter()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-}
-
-fn port(limit: Option<u64>) -> Arc<Memory> {
-    Memory::new(
-        PortId(0),
-        MemoryOptions {
-            queues: 1,
-            frames: 4096,
-            frame_size: 2048,
-            memory: dataplane::mem::Options::default(),
-            source: Source::Generate {
-                templates: (0..64)
-                    .map(|f| dataplane::wire::build::udp4_request_of_size(64, f, 7))
-                    .collect(),
-                limit,
-            },
-            sink: Sink::Discard,
-            ring_size: 4096,
-        },
-    )
-    .expect("memory port")
+/// 64-byte UDP requests over 64 flows.
+fn templates() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|f| dataplane::wire::build::udp4_request_of_size(64, f, 7))
+        .collect()
 }
 
 fn run_engine(spec: &Spec) -> Duration {
-    let p = port(Some(PACKETS));
-    let engine = Engine::from_parts(
-        &EngineConfig::default(),
-        vec![p as Arc<dyn Port>],
-        vec![WorkerPlan {
-            core: Some(CoreId(worker_core())),
-            queues: vec![QueueId::new(0, 0)],
-        }],
-        vec![Pipeline::new(vec![spec.build()])],
-    )
-    .expect("engine");
-    let start = Instant::now();
-    let report = engine.run_to_end(Duration::from_secs(60)).expect("run");
-    let took = start.elapsed();
-    assert_eq!(report.transmitted(), PACKETS, "every packet forwarded");
-    took
+    common::run_engine(&templates(), spec.build(), PACKETS)
 }
 
 fn run_bare() -> Duration {
-    let p = port(Some(PACKETS));
-    let core = worker_core();
+    let p = common::memory_port(&templates(), Some(PACKETS));
+    let core = dataplane::topology::default_worker_core();
     std::thread::spawn(move || {
         core_affinity::set_for_current(core_affinity::CoreId { id: core as usize });
         let mut q = p.open_queue(0, 32).expect("queue");

@@ -125,7 +125,7 @@ pub fn run(duration: Option<f64>, json: bool) -> u8 {
 /// Everything after the lab is up; the caller's `lab` guard tears it down afterwards.
 fn run_in(lab: &Lab, secs: f64, json: bool, stop: &AtomicBool) -> Result<u8, (u8, String)> {
     let allowed = dataplane::topology::allowed_cores();
-    let worker_core = allowed.iter().next_back().copied().unwrap_or(0);
+    let worker_core = dataplane::topology::default_worker_core();
     let load_cores: Vec<u32> = allowed
         .iter()
         .copied()

@@ -105,10 +105,7 @@ fn main() -> ExitCode {
 
 /// The configuration `slipstream run` uses without `--config`: works on any machine.
 fn default_config() -> Config {
-    let allowed = dataplane::topology::allowed_cores();
-    // The last allowed core, leaving the first (where the shell and stats thread usually
-    // are) alone.
-    let core = allowed.iter().next_back().copied().unwrap_or(0);
+    let core = dataplane::topology::default_worker_core();
     Config {
         engine: EngineConfig::default(),
         ports: vec![PortConfig::Memory(MemoryPortConfig {

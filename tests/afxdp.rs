@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     afxdp_config, echo_exchange, lab_for, peer_link, peer_udp, report_counters, setup_failed,
-    wait_for_echo, worker_core, worker_rx, Appliance, Lab, TempDir, WorkerSpec, APP_V4, APP_V6,
-    LAB_APP_MAC, PEER_V4, PEER_V6, START_TIMEOUT, UDP_ECHO,
+    wait_for_echo, worker_rx, Appliance, Lab, TempDir, WorkerSpec, APP_V4, APP_V6, LAB_APP_MAC,
+    PEER_V4, PEER_V6, START_TIMEOUT, UDP_ECHO,
 };
 use dataplane::port::pcap::{read_capture, write_capture, Captured};
 use dataplane::replay::{self, diff::diff_frames, Counters};
@@ -52,7 +52,7 @@ fn echo_port(ip: &str) -> SocketAddr {
 
 fn one_worker() -> [WorkerSpec<'static>; 1] {
     [WorkerSpec {
-        core: worker_core(),
+        core: dataplane::topology::default_worker_core(),
         queues: &["p0:q0"],
     }]
 }

@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    afxdp_config, lab_for, peer_link, peer_udp, report_counters, setup_failed, worker_core,
-    Appliance, Lab, RawLink, TempDir, WorkerSpec, LAB_APP_MAC, PEER_V4, PEER_V6, START_TIMEOUT,
+    afxdp_config, lab_for, peer_link, peer_udp, report_counters, setup_failed, Appliance, Lab,
+    RawLink, TempDir, WorkerSpec, LAB_APP_MAC, PEER_V4, PEER_V6, START_TIMEOUT,
 };
 use dataplane::handlers::lb::{Change, LbSpec, Proto, RealSpec, VipKey, VipSpec};
 use dataplane::wire::MacAddr;
@@ -102,7 +102,7 @@ fn config(lab: &Lab, spec: &LbSpec, socket: &Path) -> String {
     })
     .expect("the spec serializes");
     let workers = [WorkerSpec {
-        core: worker_core(),
+        core: dataplane::topology::default_worker_core(),
         queues: &["p0:q0"],
     }];
     format!(

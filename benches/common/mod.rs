@@ -1,5 +1,4 @@
-//! What the engine benchmarks share: the pinned worker core and one engine run over a
-//! generating memory port.
+//! What the engine benchmarks share: a generating memory port and one engine run over it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,20 +9,10 @@ use dataplane::port::memory::{MemoryOptions, Sink, Source};
 use dataplane::port::{Memory, Port};
 use dataplane::{CoreId, Handler, Pipeline, PortId, QueueId};
 
-/// The last allowed core (where `slipstream run` puts its worker).
-pub fn worker_core() -> u32 {
-    dataplane::topology::allowed_cores()
-        .iter()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-}
-
-/// Runs `packets` frames, generated from `templates` in turn, through `handler` in the
-/// real engine (one worker on [`worker_core`], transmits discarded); returns the time the
-/// run took. Every packet must come out transmitted.
-pub fn run_engine(templates: &[Vec<u8>], handler: Box<dyn Handler>, packets: u64) -> Duration {
-    let p = Memory::new(
+/// A one-queue memory port generating `templates` in turn, `limit` frames in all (`None`:
+/// without end), its transmits discarded.
+pub fn memory_port(templates: &[Vec<u8>], limit: Option<u64>) -> Arc<Memory> {
+    Memory::new(
         PortId(0),
         MemoryOptions {
             queues: 1,
@@ -32,18 +21,25 @@ pub fn run_engine(templates: &[Vec<u8>], handler: Box<dyn Handler>, packets: u64
             memory: dataplane::mem::Options::default(),
             source: Source::Generate {
                 templates: templates.to_vec(),
-                limit: Some(packets),
+                limit,
             },
             sink: Sink::Discard,
             ring_size: 4096,
         },
     )
-    .expect("memory port");
+    .expect("memory port")
+}
+
+/// Runs `packets` frames, generated from `templates` in turn, through `handler` in the
+/// real engine (one worker on the default worker core, transmits discarded); returns the
+/// time the run took. Every packet must come out transmitted.
+pub fn run_engine(templates: &[Vec<u8>], handler: Box<dyn Handler>, packets: u64) -> Duration {
+    let p = memory_port(templates, Some(packets));
     let engine = Engine::from_parts(
         &EngineConfig::default(),
         vec![p as Arc<dyn Port>],
         vec![WorkerPlan {
-            core: Some(CoreId(worker_core())),
+            core: Some(CoreId(dataplane::topology::default_worker_core())),
             queues: vec![QueueId::new(0, 0)],
         }],
         vec![Pipeline::new(vec![handler])],

@@ -45,6 +45,12 @@ pub fn allowed_cores() -> BTreeSet<u32> {
     out
 }
 
+/// The core a single worker uses by default: the last allowed one, leaving the first (where
+/// the shell and the stats thread usually are) alone; 0 when the affinity cannot be read.
+pub fn default_worker_core() -> u32 {
+    allowed_cores().last().copied().unwrap_or(0)
+}
+
 /// Formats a core set compactly, as the kernel does: `0-3,8,10-11`.
 pub fn format_cpuset(set: &BTreeSet<u32>) -> String {
     let mut parts = Vec::new();

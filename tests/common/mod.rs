@@ -372,15 +372,6 @@ pub fn afxdp_config(lab: &Lab, rules: &[&str], workers: &[WorkerSpec], handlers:
 /// The udp-echo handler on port 7.
 pub const UDP_ECHO: &str = "\n[[handlers]]\nkind = \"udp-echo\"\nport = 7\n";
 
-/// The core a single worker should use: the last allowed one, as `slipstream run` does.
-pub fn worker_core() -> u32 {
-    dataplane::topology::allowed_cores()
-        .iter()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-}
-
 /// How a finished appliance ended.
 #[derive(Debug)]
 pub struct Finished {

@@ -100,6 +100,19 @@ pub struct Args {
     pub kv_get_ratio: f64,
 }
 
+/// The addresses and ports of `args` for a frame of `size` bytes.
+fn frame_spec(args: &Args, size: usize) -> frame::Spec {
+    frame::Spec {
+        src_mac: args.src_mac,
+        dst_mac: args.dst_mac,
+        src_ip: args.src_ip,
+        dst_ip: args.dst_ip,
+        src_port: args.src_port,
+        dst_port: args.dst_port,
+        size,
+    }
+}
+
 /// memcached mode: the `set` template and how to turn it into a get.
 fn kv_template(args: &Args, value: usize) -> anyhow::Result<(Vec<u8>, KvShape)> {
     if !(1..=NB_KV_MAX_KEYS).contains(&args.kv_keys) {
@@ -120,15 +133,7 @@ fn kv_template(args: &Args, value: usize) -> anyhow::Result<(Vec<u8>, KvShape)> 
     set.extend_from_slice(b"\r\n");
     let mut get = header.to_vec();
     get.extend_from_slice(format!("get {key}\r\n").as_bytes());
-    let spec = frame::Spec {
-        src_mac: args.src_mac,
-        dst_mac: args.dst_mac,
-        src_ip: args.src_ip,
-        dst_ip: args.dst_ip,
-        src_port: args.src_port,
-        dst_port: args.dst_port,
-        size: 0,
-    };
+    let spec = frame_spec(args, 0);
     let build = |payload: &[u8]| frame::udp_with_payload(&spec, payload);
     let set = build(&set)?;
     let get = build(&get)?;
@@ -178,18 +183,7 @@ pub fn run(args: &Args, stop: &AtomicBool) -> anyhow::Result<serde_json::Value> 
             let (t, shape) = kv_template(args, value)?;
             (t, Some(shape))
         }
-        None => (
-            frame::udp_request(&frame::Spec {
-                src_mac: args.src_mac,
-                dst_mac: args.dst_mac,
-                src_ip: args.src_ip,
-                dst_ip: args.dst_ip,
-                src_port: args.src_port,
-                dst_port: args.dst_port,
-                size: args.size,
-            })?,
-            None,
-        ),
+        None => (frame::udp_request(&frame_spec(args, args.size))?, None),
     };
     let ifindex = crate::bpf::ifindex(&args.ifname)?;
     let progs = Programs::load()?;
